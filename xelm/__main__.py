@@ -1,0 +1,3 @@
+from xelm.cli import main
+
+raise SystemExit(main())

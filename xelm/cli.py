@@ -1,0 +1,133 @@
+"""The ``xelm`` command line: one verb per stage; a user's mistake is one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from xelm.errors import XelmError
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _texts_by_lang(split) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for lang, text in zip(split["lang"], split["text"]):
+        out.setdefault(lang, []).append(text)
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data_stats(args) -> int:
+    from xelm.data import corpus_stats, load_corpus
+
+    stats = corpus_stats(load_corpus(args.corpus))
+    if args.json:
+        _print_json(stats)
+        return 0
+    print(f"corpus {args.corpus}: {len(stats['languages'])} languages, "
+          f"{stats['declarations']} orthographies/varieties")
+    print(f"{'split':<12}{'rows':>8}{'languages':>11}{'characters':>13}{'words':>11}")
+    for name, s in stats["splits"].items():
+        print(f"{name:<12}{s['rows']:>8}{s['languages']:>11}{s['characters']:>13,}{s['words']:>11,}")
+    print("scripts: " + ", ".join(f"{k} {v}" for k, v in stats["scripts"].items()))
+    return 0
+
+
+# ------------------------------------------------------------------------ tokenizer
+def cmd_tokenizer_train(args) -> int:
+    from xelm.data import load_corpus
+    from xelm.tokenizer import train_tokenizer
+
+    corpus = load_corpus(args.corpus)
+    train_tokenizer(_texts_by_lang(corpus["train"]), args.vocab_size, args.out,
+                    temperature=args.temperature, n_chars=args.chars, seed=args.seed,
+                    show_progress=not args.json and sys.stderr.isatty())
+    result = {"out": str(args.out), "vocab_size": args.vocab_size, "corpus": args.corpus}
+    _print_json(result) if args.json else print(f"tokenizer saved to {args.out}")
+    return 0
+
+
+def cmd_tokenizer_stats(args) -> int:
+    import numpy as np
+
+    from xelm.data import load_corpus
+    from xelm.tokenizer import load_tokenizer, plot_fertility, tokenizer_stats
+
+    tok = load_tokenizer(args.dir)
+    split = load_corpus(args.corpus)[args.split]
+    stats = tokenizer_stats(tok, split["text"], split["lang"], split["script"])
+    plot = plot_fertility(stats, Path(args.dir) / "fertility_by_script.png")
+    worst = max(stats, key=lambda k: stats[k]["unk_rate"])
+    summary = {
+        "languages": len(stats),
+        "mean_tokens_per_word": float(np.mean([s["tokens_per_word"] for s in stats.values()])),
+        "max_unk_rate": stats[worst]["unk_rate"],
+        "max_unk_language": worst,
+        "mean_byte_rate": float(np.mean([s["byte_rate"] for s in stats.values()])),
+        "plot": str(plot),
+    }
+    if args.json:
+        _print_json({"summary": summary, "per_language": stats})
+        return 0
+    print(f"{'lang':<6}{'script':<7}{'tok/word':>9}{'tok/char':>9}{'unk':>8}{'bytes':>8}")
+    for lang, s in sorted(stats.items(), key=lambda kv: -kv[1]["tokens_per_char"]):
+        print(f"{lang:<6}{s['script']:<7}{s['tokens_per_word']:>9.2f}{s['tokens_per_char']:>9.3f}"
+              f"{s['unk_rate']:>8.2%}{s['byte_rate']:>8.2%}")
+    print(f"{summary['languages']} languages; mean {summary['mean_tokens_per_word']:.2f} tokens/word; "
+          f"max unknown rate {summary['max_unk_rate']:.2%} ({worst}); plot: {plot}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xelm", description="Cross-lingual expert language models (X-ELM) in JAX.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="corpora").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("stats", help="languages, rows, characters and words per split")
+    s.add_argument("--corpus", default="udhr", help="udhr, a directory, or hf:NAME (default: udhr)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_stats)
+
+    tok = sub.add_parser("tokenizer", help="train and inspect tokenizers").add_subparsers(
+        dest="tokenizer_command", required=True)
+    s = tok.add_parser("train", help="train a language-balanced Unigram tokenizer")
+    s.add_argument("--corpus", default="udhr")
+    s.add_argument("--vocab-size", type=int, default=16384)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--temperature", type=float, default=0.3,
+                   help="language sampling exponent τ, p_l ∝ n_l^τ (1: as the data, ->0: uniform)")
+    s.add_argument("--chars", type=int, default=2_000_000, help="characters of sampled training text")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tokenizer_train)
+    s = tok.add_parser("stats", help="fertility and unknown-token rate per language, plot by script")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--corpus", default="udhr")
+    s.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tokenizer_stats)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except XelmError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"xelm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xelm: interrupted", file=sys.stderr)
+        return 130

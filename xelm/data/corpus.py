@@ -1,0 +1,178 @@
+"""Load a corpus as a ``datasets.DatasetDict`` with parallel train/validation/test splits.
+
+A corpus spec is one of:
+  ``udhr``           the embedded Universal Declaration of Human Rights (see UDHR.md);
+  a directory        one file per language: ``<iso>.txt`` (one document per non-empty line),
+                     ``.jsonl`` or ``.parquet`` (a ``text`` column; ``lang`` and ``split``
+                     columns are optional, the language comes from the file name otherwise);
+  ``hf:NAME``        a Hugging Face hub dataset whose configs are languages (online only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xelm.data.writing_systems import dominant_script
+from xelm.errors import XelmError
+from xelm.languages import check_language, language_name, to_iso3
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("lang", "tag", "name", "script", "unit", "heading", "text")
+UDHR_PATH = Path(__file__).with_name("udhr.parquet")
+# UDHR articles per split: parallel across languages (the same articles everywhere).
+UDHR_VALIDATION = {"25", "26", "27"}
+UDHR_TEST = {"28", "29", "30"}
+
+
+def udhr_split(unit: str) -> str:
+    return "validation" if unit in UDHR_VALIDATION else "test" if unit in UDHR_TEST else "train"
+
+
+def load_corpus(spec: str | Path, languages: list[str] | None = None) -> datasets.DatasetDict:
+    """The corpus named by ``spec``, optionally restricted to ``languages`` (ISO 639-3)."""
+    table = _load_table(str(spec))
+    if languages is not None:
+        known = set(table.column("lang").to_pylist())
+        missing = [lang for lang in languages if lang not in known]
+        if missing:
+            raise XelmError(f"language(s) {', '.join(missing)} not in corpus {spec!r} "
+                            f"(it has {len(known)} languages; see `xelm data stats --corpus {spec}`)")
+        table = table.filter(pa.compute.is_in(table.column("lang"), pa.array(languages)))
+    splits = table.column("split").to_pylist()
+    table = table.drop(["split"])
+    return datasets.DatasetDict({
+        name: datasets.Dataset(table.filter(pa.array([s == name for s in splits])))
+        for name in SPLITS
+    })
+
+
+def _load_table(spec: str) -> pa.Table:
+    if spec == "udhr":
+        return _udhr_table()
+    if spec.startswith("hf:"):
+        return _hub_table(spec[3:])
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise XelmError(f"corpus {spec!r} not found: give 'udhr', an existing directory, or hf:NAME")
+    if not path.is_dir():
+        raise XelmError(f"corpus {spec!r} is a file: give a directory with one file per language "
+                        "(<iso>.txt, .jsonl or .parquet)")
+    return _directory_table(path)
+
+
+@lru_cache(maxsize=1)
+def _udhr_table() -> pa.Table:
+    table = pq.read_table(UDHR_PATH)
+    return table.append_column("split", pa.array([udhr_split(u) for u in table.column("unit").to_pylist()]))
+
+
+def _directory_table(path: Path) -> pa.Table:
+    files = sorted(f for f in path.iterdir() if f.suffix in (".txt", ".jsonl", ".parquet"))
+    if not files:
+        raise XelmError(f"corpus directory {path} has no .txt, .jsonl or .parquet files")
+    rows: dict[str, list] = {c: [] for c in (*COLUMNS, "split")}
+    for f in files:
+        records = _read_records(f)
+        if not records:
+            raise XelmError(f"corpus file {f} has no text")
+        by_lang: dict[str, list[dict]] = {}
+        for r in records:
+            lang = to_iso3(r.get("lang") or f.stem, where=f"corpus file {f}")
+            by_lang.setdefault(lang, []).append(r)
+        for lang, recs in by_lang.items():
+            script = dominant_script(r["text"] for r in recs[:200])
+            for i, r in enumerate(recs):
+                rows["lang"].append(lang)
+                rows["tag"].append(r.get("tag") or lang)
+                rows["name"].append(language_name(lang))
+                rows["script"].append(script)
+                rows["unit"].append(str(i))
+                rows["heading"].append("")
+                rows["text"].append(r["text"])
+                rows["split"].append(_split_of(r, i, f))
+    return pa.table(rows)
+
+
+def _split_of(record: dict, index: int, f: Path) -> str:
+    """A ``split`` column wins; otherwise every 10th document is validation, the next test."""
+    split = record.get("split")
+    if split is None:
+        return {8: "validation", 9: "test"}.get(index % 10, "train")
+    if split not in SPLITS:
+        raise XelmError(f"corpus file {f}: split {split!r} is not one of {', '.join(SPLITS)}")
+    return split
+
+
+def _read_records(f: Path) -> list[dict]:
+    try:
+        if f.suffix == ".txt":
+            lines = f.read_text("utf-8").splitlines()
+            return [{"text": line.strip()} for line in lines if line.strip()]
+        if f.suffix == ".jsonl":
+            records = [json.loads(line) for line in f.read_text("utf-8").splitlines() if line.strip()]
+        else:
+            records = pq.read_table(f).to_pylist()
+    except UnicodeDecodeError:
+        raise XelmError(f"corpus file {f} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise XelmError(f"corpus file {f} is not JSON lines ({e.msg} at line {e.lineno})") from None
+    except (OSError, pa.ArrowException) as e:
+        raise XelmError(f"corpus file {f} cannot be read: {e}") from None
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+            raise XelmError(f"corpus file {f}, record {i + 1}: needs a 'text' string field")
+    return [r for r in records if r["text"].strip()]
+
+
+def _hub_table(name: str) -> pa.Table:
+    """A hub dataset whose config names are language codes (e.g. 'eng', 'fr'); needs network."""
+    try:
+        configs = datasets.get_dataset_config_names(name)
+    except Exception as e:  # the hub client raises many kinds; the message is what matters
+        raise XelmError(f"hub dataset {name!r} cannot be listed: {e}") from None
+    rows: dict[str, list] = {c: [] for c in (*COLUMNS, "split")}
+    for config in configs:
+        lang = to_iso3(config.split(".")[-1].split("_")[0], where=f"hub dataset {name} config {config}")
+        ds = datasets.load_dataset(name, config)
+        for split, part in ds.items():
+            split = {"dev": "validation", "valid": "validation"}.get(split, split)
+            texts = [t for t in part["text"] if t.strip()]
+            script = dominant_script(texts[:200])
+            for i, t in enumerate(texts):
+                rows["lang"].append(lang)
+                rows["tag"].append(config)
+                rows["name"].append(language_name(lang))
+                rows["script"].append(script)
+                rows["unit"].append(str(i))
+                rows["heading"].append("")
+                rows["text"].append(t)
+                rows["split"].append(split if split in SPLITS else "train")
+    return pa.table(rows)
+
+
+def corpus_stats(corpus: datasets.DatasetDict) -> dict:
+    """Languages, rows, characters and words per split, and scripts (declarations per script)."""
+    first = corpus["train"] if len(corpus["train"]) else next(iter(corpus.values()))
+    tags = dict(zip(first["tag"], first["script"]))
+    out = {
+        "languages": sorted(set(first["lang"])),
+        "declarations": len(tags),
+        "scripts": dict(Counter(tags.values()).most_common()),
+        "splits": {},
+    }
+    for name, split in corpus.items():
+        texts = split["text"]
+        out["splits"][name] = {
+            "rows": len(split),
+            "languages": len(set(split["lang"])),
+            "characters": sum(map(len, texts)),
+            "words": sum(len(t.split()) for t in texts),
+        }
+    return out

@@ -1,0 +1,58 @@
+"""ISO 639-3 language codes: validation and names (through pycountry's ISO 639-3 table)."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import pycountry
+
+from xelm.errors import XelmError
+
+_ISO3 = re.compile(r"^[a-z]{3}$")
+
+
+@lru_cache(maxsize=None)
+def _by_alpha3() -> dict[str, str]:
+    return {lang.alpha_3: lang.name for lang in pycountry.languages}
+
+
+@lru_cache(maxsize=None)
+def _alpha2_to_3() -> dict[str, str]:
+    return {lang.alpha_2: lang.alpha_3 for lang in pycountry.languages if hasattr(lang, "alpha_2")}
+
+
+def language_name(code: str) -> str:
+    return _by_alpha3().get(code, code)
+
+
+def check_language(code: str, where: str = "") -> str:
+    """Return ``code`` if it is a known ISO 639-3 code, else raise naming it (and ``where``)."""
+    at = f" in {where}" if where else ""
+    if not isinstance(code, str) or not _ISO3.match(code):
+        raise XelmError(f"malformed language code {code!r}{at}: expected an ISO 639-3 code "
+                        "such as 'eng' or 'swh' (three lowercase letters)")
+    if code not in _by_alpha3():
+        raise XelmError(f"unknown language code {code!r}{at}: not an ISO 639-3 code")
+    return code
+
+
+def to_iso3(code: str, where: str = "") -> str:
+    """Accept an ISO 639-3 code or an ISO 639-1 two-letter code and return ISO 639-3."""
+    if isinstance(code, str) and len(code) == 2 and code in _alpha2_to_3():
+        return _alpha2_to_3()[code]
+    return check_language(code, where)
+
+
+def parse_language_list(text: str, where: str = "--languages") -> list[str]:
+    """'eng,fra, deu' -> ['eng', 'fra', 'deu'], each checked; empty or repeated codes are errors."""
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    if not codes:
+        raise XelmError(f"{where} is empty: give comma-separated ISO 639-3 codes, e.g. eng,fra")
+    seen = set()
+    for c in codes:
+        check_language(c, where)
+        if c in seen:
+            raise XelmError(f"language {c!r} appears twice in {where}")
+        seen.add(c)
+    return codes

@@ -46,10 +46,12 @@ def cmd_tokenizer_train(args) -> int:
     from xelm.tokenizer import train_tokenizer
 
     corpus = load_corpus(args.corpus)
-    train_tokenizer(_texts_by_lang(corpus["train"]), args.vocab_size, args.out,
-                    temperature=args.temperature, n_chars=args.chars, seed=args.seed,
-                    show_progress=not args.json and sys.stderr.isatty())
-    result = {"out": str(args.out), "vocab_size": args.vocab_size, "corpus": args.corpus}
+    if not len(corpus["train"]):
+        raise XelmError(f"corpus {args.corpus!r} has no train split to train a tokenizer on")
+    tok = train_tokenizer(_texts_by_lang(corpus["train"]), args.vocab_size, args.out,
+                          temperature=args.temperature, n_chars=args.chars, seed=args.seed,
+                          show_progress=not args.json and sys.stderr.isatty())
+    result = {"out": str(args.out), "vocab_size": len(tok), "corpus": args.corpus}
     _print_json(result) if args.json else print(f"tokenizer saved to {args.out}")
     return 0
 
@@ -62,6 +64,8 @@ def cmd_tokenizer_stats(args) -> int:
 
     tok = load_tokenizer(args.dir)
     split = load_corpus(args.corpus)[args.split]
+    if not len(split):
+        raise XelmError(f"corpus {args.corpus!r} has no {args.split} split: choose another with --split")
     stats = tokenizer_stats(tok, split["text"], split["lang"], split["script"])
     plot = plot_fertility(stats, Path(args.dir) / "fertility_by_script.png")
     worst = max(stats, key=lambda k: stats[k]["unk_rate"])
@@ -69,7 +73,7 @@ def cmd_tokenizer_stats(args) -> int:
         "languages": len(stats),
         "mean_tokens_per_word": float(np.mean([s["tokens_per_word"] for s in stats.values()])),
         "max_unk_rate": stats[worst]["unk_rate"],
-        "max_unk_language": worst,
+        "max_unk_language": worst if stats[worst]["unk_rate"] > 0 else None,
         "mean_byte_rate": float(np.mean([s["byte_rate"] for s in stats.values()])),
         "plot": str(plot),
     }
@@ -81,7 +85,43 @@ def cmd_tokenizer_stats(args) -> int:
         print(f"{lang:<6}{s['script']:<7}{s['tokens_per_word']:>9.2f}{s['tokens_per_char']:>9.3f}"
               f"{s['unk_rate']:>8.2%}{s['byte_rate']:>8.2%}")
     print(f"{summary['languages']} languages; mean {summary['mean_tokens_per_word']:.2f} tokens/word; "
-          f"max unknown rate {summary['max_unk_rate']:.2%} ({worst}); plot: {plot}")
+          f"max unknown rate {summary['max_unk_rate']:.2%} ({summary['max_unk_language'] or 'none'}); plot: {plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- pretrain
+def _run_config(args):
+    from xelm.config import load_config
+    from xelm.rundir import load_run_config
+
+    if args.config is None and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
+        if args.overrides:
+            from xelm.config import apply_overrides, from_dict, to_dict
+            return from_dict(apply_overrides(to_dict(load_run_config(args.run_dir)), args.overrides))
+        return load_run_config(args.run_dir)
+    return load_config(args.config, args.overrides)
+
+
+def cmd_pretrain(args) -> int:
+    from xelm.pretrain import pretrain
+
+    cfg = _run_config(args)
+    summary = pretrain(cfg, args.run_dir, max_steps=args.max_steps, progress=not args.json)
+    if args.json:
+        _print_json(summary)
+    else:
+        state = "complete" if summary["complete"] else f"stopped at step {summary['step']} (re-run to resume)"
+        print(f"base encoder {state}: loss {summary['loss']:.3f} after {summary['tokens']:,} tokens "
+              f"on {summary['languages']} languages; metrics {summary['metrics']}, plot {summary['plot']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from xelm.demo import run_demo
+
+    summary = run_demo(args.config, args.run_dir, args.overrides, progress=not args.json)
+    if args.json:
+        _print_json(summary)
     return 0
 
 
@@ -115,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "validation", "test"])
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tokenizer_stats)
+
+    s = sub.add_parser("pretrain", help="pre-train the base encoder with the mmBERT curriculum (resumes)")
+    s.add_argument("--config", type=Path, help="YAML config (default: the run directory's own, to resume)")
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--max-steps", type=int, help="stop after this step (the schedule still spans train.steps)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("demo", help="the main job: every stage on the embedded corpus, resumable")
+    s.add_argument("--config", type=Path, default=None, help="default: configs/udhr-demo.yaml")
+    s.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

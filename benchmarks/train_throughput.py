@@ -1,0 +1,151 @@
+"""Train-step throughput of the xelm encoder, and model FLOP utilization.
+
+Times the compiled train step after warm-up on packed random batches and prints tokens/s,
+model FLOPs per token and utilization against this machine's measured matmul peak.
+``--compare-torch`` runs HF transformers' ModernBertForMaskedLM (PyTorch, CPU) on the same
+shapes at its fastest setting (sparse_prediction=True) and prints the ratio.
+
+    python benchmarks/train_throughput.py --vocab 16384 --hidden 256 --layers 4 --heads 4 \
+        --ffn 512 --seq 128 --batch 32 --compare-torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xelm.batches import mask_rows
+from xelm.config import ModelConfig, Stage, TrainConfig
+from xelm.model import Encoder, compute_dtype
+from xelm.train import Trainer, data_mesh, make_optimizer
+
+
+def flops_per_token(cfg: ModelConfig, seq: int, mask_ratio: float) -> float:
+    """Training FLOPs per token (3x the forward matmuls): layers, attention, sparse MLM head."""
+    d, f = cfg.hidden, cfg.ffn
+    mlp = 3 * d * f if cfg.gated_mlp else 2 * d * f
+    layer = 2 * (4 * d * d + mlp) + 2 * 2 * seq * d
+    head = mask_ratio * 2 * (d * d + d * cfg.vocab_size)
+    return 3 * (cfg.layers * layer + head)
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul: the machine's practical peak for this dtype."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(reps):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def random_batch(rng, cfg: ModelConfig, batch: int, seq: int, mask_ratio: float) -> dict:
+    ids = rng.integers(5, cfg.vocab_size, (batch, seq)).astype(np.int32)
+    doc_len = 64  # packed documents of 64 tokens: several segments per row
+    pos = np.broadcast_to(np.arange(seq) % doc_len, (batch, seq)).astype(np.int32)
+    seg = np.broadcast_to(np.arange(seq) // doc_len + 1, (batch, seq)).astype(np.int32)
+    inputs, mpos, labels, weights = mask_rows(ids, mask_ratio, rng, 4, cfg.vocab_size, np.arange(5))
+    return {"input_ids": inputs, "segment_ids": seg, "positions": pos, "mask_positions": mpos,
+            "mask_labels": labels, "mask_weights": weights}
+
+
+def bench_xelm(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, steps: int) -> float:
+    model = Encoder(cfg, rngs=nnx.Rngs(0))
+    tc = TrainConfig(steps=10_000, warmup_steps=10)
+    stages = (Stage("all", 1.0, "all", mask_ratio, 0.5),)
+    trainer = Trainer(model, make_optimizer(model, tc, stages), data_mesh())
+    rng = np.random.default_rng(0)
+    batches = [random_batch(rng, cfg, batch, seq, mask_ratio) for _ in range(4)]
+    for b in batches[:2]:
+        jax.block_until_ready(trainer.step(b))
+    t = time.perf_counter()
+    for i in range(steps):
+        m = trainer.step(batches[i % 4])
+    jax.block_until_ready(m)
+    return batch * seq * steps / (time.perf_counter() - t)
+
+
+def bench_torch(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, steps: int) -> float:
+    import torch
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(0)
+    hf = ModernBertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                          num_attention_heads=cfg.heads, intermediate_size=cfg.ffn,
+                          local_attention=cfg.local_window, global_attn_every_n_layers=cfg.global_every,
+                          max_position_embeddings=max(seq, 512), sparse_prediction=True,
+                          pad_token_id=0, attn_implementation="sdpa")
+    model = ModernBertForMaskedLM(hf)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    ids = torch.tensor(rng.integers(5, cfg.vocab_size, (batch, seq)))
+    labels = torch.full_like(ids, -100)
+    masked = torch.rand(batch, seq) < mask_ratio
+    labels[masked] = ids[masked]
+    ids = ids.masked_fill(masked, 4)
+    attn = torch.ones_like(ids)
+
+    def step():
+        opt.zero_grad()
+        model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * seq * steps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--ffn", type=int, default=512)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--mask-ratio", type=float, default=0.3)
+    ap.add_argument("--local-window", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
+                      max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
+    tps = bench_xelm(cfg, a.batch, a.seq, a.mask_ratio, a.steps)
+    fpt = flops_per_token(cfg, a.seq, a.mask_ratio)
+    peak = matmul_peak(dtype=compute_dtype(cfg))
+    out = {"tokens_per_s": tps, "flops_per_token": fpt, "flops_utilization": tps * fpt / peak,
+           "matmul_peak_flops": peak, "backend": jax.default_backend(), "devices": jax.device_count()}
+    if a.compare_torch:
+        out["torch_tokens_per_s"] = bench_torch(cfg, a.batch, a.seq, a.mask_ratio, max(5, a.steps // 2))
+        out["ratio_vs_torch"] = tps / out["torch_tokens_per_s"]
+    if a.json:
+        print(json.dumps(out))
+        return
+    print(f"shape: V={a.vocab} D={a.hidden} L={a.layers} H={a.heads} F={a.ffn} S={a.seq} B={a.batch} "
+          f"mask={a.mask_ratio} on {out['devices']} {out['backend']} device(s)")
+    print(f"{'':28}{'xelm (JAX)':>14}" + (f"{'HF torch':>14}{'ratio':>8}" if a.compare_torch else ""))
+    line = f"{'tokens/s':28}{tps:>14,.0f}"
+    if a.compare_torch:
+        line += f"{out['torch_tokens_per_s']:>14,.0f}{out['ratio_vs_torch']:>8.2f}"
+    print(line)
+    print(f"{'model FLOPs/token':28}{fpt / 1e6:>13.2f}M")
+    print(f"{'matmul peak (measured)':28}{peak / 1e9:>12.1f} GFLOP/s")
+    print(f"{'FLOP utilization':28}{out['flops_utilization']:>14.1%}")
+
+
+if __name__ == "__main__":
+    main()

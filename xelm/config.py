@@ -1,0 +1,249 @@
+"""Run configuration: frozen dataclasses, loaded from YAML, overridden by ``key=value``.
+
+Unknown keys are errors naming the key; the resolved config is saved in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from xelm.errors import XelmError
+
+ARCHS = ("modernbert", "bert")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One encoder with options: ``modernbert`` (RoPE, pre-norm, GeGLU, local/global attention,
+    no biases) or ``bert`` (learned positions, post-norm, GELU, biases; BERT / XLM-R)."""
+
+    arch: str = "modernbert"
+    vocab_size: int = 16384
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 512
+    max_len: int = 512
+    local_window: int = 128  # total width of a local layer's window; 0: every layer global
+    global_every: int = 3  # layer i is global when i % global_every == 0
+    rope_theta: float = 160_000.0
+    rope_theta_local: float = 10_000.0
+    norm_eps: float = 1e-5
+    bias: bool = False  # biases of linear layers and norms
+    decoder_bias: bool = True
+    head_bias: bool = False  # the MLM head's dense layer
+    activation: str = "gelu"  # gelu (exact) | gelu_tanh
+    type_vocab_size: int = 0  # BERT token-type embeddings (0: none)
+    position_offset: int = 0  # XLM-R numbers positions from padding_idx + 1 = 2
+    pad_token_id: int = 0
+    init_std: float = 0.02
+    dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise XelmError(f"model.arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        for name in ("vocab_size", "hidden", "layers", "heads", "ffn", "max_len", "global_every"):
+            if getattr(self, name) < 1:
+                raise XelmError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise XelmError(f"model.hidden {self.hidden} must split into {self.heads} heads of even size")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise XelmError(f"model.activation {self.activation!r} is not gelu or gelu_tanh")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise XelmError(f"model.dtype {self.dtype!r} is not auto, float32 or bfloat16")
+
+    @property
+    def pre_norm(self) -> bool:
+        return self.arch == "modernbert"
+
+    @property
+    def rope(self) -> bool:
+        return self.arch == "modernbert"
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.arch == "modernbert"
+
+    def is_global(self, layer: int) -> bool:
+        return self.arch == "bert" or self.local_window == 0 or layer % self.global_every == 0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 16384
+    temperature: float = 0.3
+    chars: int = 2_000_000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "udhr"
+    languages: tuple[str, ...] | None = None  # None: every language of the corpus
+    exclude_languages: tuple[str, ...] = ()  # held out of pre-training (e.g. for HMR)
+    seq_len: int = 128
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.seq_len < 8 or self.batch_size < 1:
+            raise XelmError(f"data.seq_len must be >= 8 and data.batch_size >= 1, got "
+                            f"{self.seq_len} and {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage (mmBERT): runs until fraction ``until`` of all steps."""
+
+    name: str
+    until: float
+    languages: tuple[str, ...] | str = "all"
+    mask_ratio: float = 0.15
+    temperature: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.until <= 1:
+            raise XelmError(f"curriculum stage {self.name!r}: until={self.until} must be in (0, 1]")
+        if not 0 < self.mask_ratio < 1:
+            raise XelmError(f"curriculum stage {self.name!r}: mask_ratio={self.mask_ratio} must be in (0, 1)")
+        if not 0 < self.temperature <= 1:
+            raise XelmError(f"curriculum stage {self.name!r}: temperature={self.temperature} must be in (0, 1]")
+        if isinstance(self.languages, str) and self.languages != "all":
+            raise XelmError(f"curriculum stage {self.name!r}: languages must be 'all' or a list of codes")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.98
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        if self.steps < 1 or self.warmup_steps < 0 or self.lr <= 0:
+            raise XelmError(f"train: steps must be >= 1, warmup_steps >= 0 and lr > 0 "
+                            f"(got {self.steps}, {self.warmup_steps}, {self.lr})")
+        if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise XelmError("train: log_every, checkpoint_every and keep_checkpoints must be >= 1")
+
+
+def _default_curriculum() -> tuple[Stage, ...]:
+    return (Stage("pretrain", 0.6, "all", 0.30, 0.7), Stage("mid", 0.85, "all", 0.15, 0.5),
+            Stage("decay", 1.0, "all", 0.05, 0.3))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: tuple[Stage, ...] = field(default_factory=_default_curriculum)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        ends = [s.until for s in self.curriculum]
+        if not ends or ends != sorted(ends) or ends[-1] != 1.0:
+            raise XelmError(f"curriculum: stage 'until' values must increase and end at 1.0, got {ends}")
+        if self.model.vocab_size != self.tokenizer.vocab_size:
+            raise XelmError(f"model.vocab_size ({self.model.vocab_size}) must equal "
+                            f"tokenizer.vocab_size ({self.tokenizer.vocab_size})")
+
+
+# ------------------------------------------------------------------------- (de)serialising
+def _build(tp, value, path: str):
+    """Turn plain YAML data into ``tp`` (a dataclass, tuple, optional or scalar type)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise XelmError(f"config {path or 'root'}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            key = f"{path}.{unknown[0]}" if path else unknown[0]
+            raise XelmError(f"unknown config key {key!r} (known here: {', '.join(sorted(names))})")
+        return tp(**{k: _build(hints[k], v, f"{path}.{k}".strip(".")) for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _build(a, value, path)
+            except XelmError as e:
+                errors.append(str(e))
+        raise XelmError(errors[-1] if errors else f"config {path}: bad value {value!r}")
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise XelmError(f"config {path}: expected a list, got {value!r}")
+        return tuple(_build(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise XelmError(f"config {path}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg) -> dict:
+    def plain(x):
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+    return plain(dataclasses.asdict(cfg))
+
+
+def from_dict(data: dict, cls=RunConfig):
+    return _build(cls, data or {}, "")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``train.steps=50`` style overrides on plain config data (values parsed as YAML)."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise XelmError(f"override {item!r} is not key=value (e.g. train.steps=50)")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node[p] = dict(node.get(p) or {})
+            node = node[p]
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise XelmError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text("utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise XelmError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise XelmError(f"config file {path} must hold a mapping at the top")
+    return from_dict(apply_overrides(data, list(overrides)))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

@@ -1,0 +1,177 @@
+"""The encoder (Flax NNX): ModernBERT by default, BERT / XLM-R by config, one module with options.
+
+Shapes in names: B batch, S sequence, D hidden, N heads, H head size, K masked positions, V vocab.
+Packed rows carry ``segment_ids`` (0 = padding) and per-segment ``positions``; attention never
+crosses a segment, and a local layer also stays inside its window.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xelm.config import ModelConfig
+
+
+def compute_dtype(cfg: ModelConfig):
+    if cfg.dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(cfg.dtype)
+
+
+def _activation(name: str):
+    return {"gelu": lambda x: jax.nn.gelu(x, approximate=False),
+            "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[name]
+
+
+def rope(x_BxSxNxH, positions_BxS, theta: float):
+    """Rotary embedding, rotate-half convention (as HF ModernBERT / GPT-NeoX)."""
+    h = x_BxSxNxH.shape[-1]
+    inv_freq_F = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    angles_BxSxF = positions_BxS[..., None].astype(jnp.float32) * inv_freq_F
+    cos = jnp.cos(jnp.concatenate([angles_BxSxF] * 2, -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles_BxSxF] * 2, -1))[:, :, None, :]
+    x1, x2 = jnp.split(x_BxSxNxH.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x_BxSxNxH * cos + rotated * sin).astype(x_BxSxNxH.dtype)
+
+
+def attention_mask(segment_ids_BxS, positions_BxS, window: int | None):
+    """[B, 1, S, S] boolean: same segment and (for local layers) within ``window // 2``."""
+    same_BxSxS = segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :]
+    if window:
+        dist = jnp.abs(positions_BxS[:, :, None] - positions_BxS[:, None, :])
+        same_BxSxS &= dist <= window // 2
+    return same_BxSxS[:, None]
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        d, init = cfg.hidden, nnx.initializers.normal(cfg.init_std)
+        dt = compute_dtype(cfg)
+        self.cfg, self.is_global = cfg, cfg.is_global(layer)
+        self.qkv = nnx.Linear(d, 3 * d, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
+        self.out = nnx.Linear(d, d, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
+
+    def __call__(self, x_BxSxD, mask_Bx1xSxS, positions_BxS):
+        cfg = self.cfg
+        b, s, _ = x_BxSxD.shape
+        qkv = self.qkv(x_BxSxD).reshape(b, s, 3, cfg.heads, cfg.hidden // cfg.heads)
+        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if cfg.rope:
+            theta = cfg.rope_theta if self.is_global else cfg.rope_theta_local
+            q_BxSxNxH, k_BxSxNxH = rope(q_BxSxNxH, positions_BxS, theta), rope(k_BxSxNxH, positions_BxS, theta)
+        o_BxSxNxH = jax.nn.dot_product_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1xSxS)
+        return self.out(o_BxSxNxH.reshape(b, s, cfg.hidden))
+
+
+class MLP(nnx.Module):
+    """GeGLU (ModernBERT: act(input) * gate) or a plain GELU MLP (BERT)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        init, dt = nnx.initializers.normal(cfg.init_std), compute_dtype(cfg)
+        width = 2 * cfg.ffn if cfg.gated_mlp else cfg.ffn
+        self.gated, self.act = cfg.gated_mlp, _activation(cfg.activation)
+        self.wi = nnx.Linear(cfg.hidden, width, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
+        self.wo = nnx.Linear(cfg.ffn, cfg.hidden, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
+
+    def __call__(self, x_BxSxD):
+        h = self.wi(x_BxSxD)
+        if self.gated:
+            inp, gate = jnp.split(h, 2, axis=-1)
+            return self.wo(self.act(inp) * gate)
+        return self.wo(self.act(h))
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(cfg.hidden, epsilon=cfg.norm_eps, use_bias=cfg.bias,
+                         dtype=compute_dtype(cfg), rngs=rngs)
+
+
+class Block(nnx.Module):
+    """Pre-norm (ModernBERT; no norm before layer 0's attention) or post-norm (BERT)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        self.pre_norm = cfg.pre_norm
+        self.window = None if cfg.is_global(layer) else cfg.local_window
+        self.attn = Attention(cfg, layer, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.attn_norm = _norm(cfg, rngs) if (layer > 0 or not cfg.pre_norm) else None
+        self.mlp_norm = _norm(cfg, rngs)
+
+    def __call__(self, x_BxSxD, masks, positions_BxS):
+        mask = masks[self.window]
+        if self.pre_norm:
+            h = x_BxSxD if self.attn_norm is None else self.attn_norm(x_BxSxD)
+            x_BxSxD = x_BxSxD + self.attn(h, mask, positions_BxS)
+            return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD))
+        x_BxSxD = self.attn_norm(x_BxSxD + self.attn(x_BxSxD, mask, positions_BxS))
+        return self.mlp_norm(x_BxSxD + self.mlp(x_BxSxD))
+
+
+class Encoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        init, dt = nnx.initializers.normal(cfg.init_std), compute_dtype(cfg)
+        self.cfg = cfg
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden, embedding_init=init, dtype=dt, rngs=rngs)
+        self.pos_embed = (None if cfg.rope else nnx.Embed(
+            cfg.max_len + cfg.position_offset, cfg.hidden, embedding_init=init, dtype=dt, rngs=rngs))
+        self.type_embed = (nnx.Embed(cfg.type_vocab_size, cfg.hidden, embedding_init=init, dtype=dt, rngs=rngs)
+                           if cfg.type_vocab_size else None)
+        self.embed_norm = _norm(cfg, rngs)
+        self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.layers)])
+        self.final_norm = _norm(cfg, rngs) if cfg.pre_norm else None
+        # MLM head: dense -> act -> norm -> decoder tied to the token embeddings.
+        self.head_dense = nnx.Linear(cfg.hidden, cfg.hidden, use_bias=cfg.head_bias or cfg.bias,
+                                     kernel_init=init, dtype=dt, rngs=rngs)
+        self.head_norm = _norm(cfg, rngs)
+        self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,))) if cfg.decoder_bias else None
+
+    def __call__(self, input_ids_BxS, segment_ids_BxS=None, positions_BxS=None, type_ids_BxS=None):
+        """Final hidden states [B, S, D]. Without segment ids, every token is one segment
+        except padding (``pad_token_id``), and positions count from 0."""
+        cfg = self.cfg
+        if segment_ids_BxS is None:
+            segment_ids_BxS = (input_ids_BxS != cfg.pad_token_id).astype(jnp.int32)
+        if positions_BxS is None:
+            positions_BxS = jnp.broadcast_to(jnp.arange(input_ids_BxS.shape[1]), input_ids_BxS.shape)
+        x_BxSxD = self.embed(input_ids_BxS)
+        if self.pos_embed is not None:
+            x_BxSxD = x_BxSxD + self.pos_embed(positions_BxS + cfg.position_offset)
+        if self.type_embed is not None:
+            tt = jnp.zeros_like(input_ids_BxS) if type_ids_BxS is None else type_ids_BxS
+            x_BxSxD = x_BxSxD + self.type_embed(tt)
+        x_BxSxD = self.embed_norm(x_BxSxD)
+        windows = {layer.window for layer in self.layers}
+        masks = {w: attention_mask(segment_ids_BxS, positions_BxS, w) for w in windows}
+        for layer in self.layers:
+            x_BxSxD = layer(x_BxSxD, masks, positions_BxS)
+        return x_BxSxD if self.final_norm is None else self.final_norm(x_BxSxD)
+
+    def mlm_logits(self, hidden_BxKxD):
+        """Vocabulary logits for the given hidden states (call on masked positions only)."""
+        h = self.head_norm(_activation(self.cfg.activation)(self.head_dense(hidden_BxKxD)))
+        logits = self.embed.attend(h)
+        if self.decoder_bias is not None:
+            logits = logits + self.decoder_bias[...]
+        return logits.astype(jnp.float32)
+
+
+def mlm_loss(model: Encoder, batch: dict):
+    """Mean cross-entropy on masked positions only: the head runs on [B, K] gathered states."""
+    hidden_BxSxD = model(batch["input_ids"], batch["segment_ids"], batch["positions"])
+    idx_BxK = batch["mask_positions"]
+    picked_BxKxD = jnp.take_along_axis(hidden_BxSxD, idx_BxK[..., None], axis=1)
+    logits_BxKxV = model.mlm_logits(picked_BxKxD)
+    logp = jax.nn.log_softmax(logits_BxKxV, axis=-1)
+    nll_BxK = -jnp.take_along_axis(logp, batch["mask_labels"][..., None], axis=-1)[..., 0]
+    w_BxK = batch["mask_weights"]
+    n = jnp.maximum(w_BxK.sum(), 1.0)
+    loss = (nll_BxK * w_BxK).sum() / n
+    acc = ((logits_BxKxV.argmax(-1) == batch["mask_labels"]) * w_BxK).sum() / n
+    return loss, {"accuracy": acc, "masked": w_BxK.sum()}
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,63 @@
+"""The base-encoder stage: tokenizer (trained if the run has none), tokenized corpus, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xelm import rundir
+from xelm.batches import TokenizedCorpus
+from xelm.config import RunConfig
+from xelm.data import load_corpus
+from xelm.errors import XelmError
+from xelm.tokenizer import load_tokenizer, train_tokenizer
+from xelm.train import train
+
+
+def training_languages(cfg: RunConfig, available: list[str]) -> list[str]:
+    langs = list(cfg.data.languages) if cfg.data.languages is not None else sorted(available)
+    langs = [lang for lang in langs if lang not in set(cfg.data.exclude_languages)]
+    if not langs:
+        raise XelmError("no training languages left: data.languages minus data.exclude_languages is empty")
+    return langs
+
+
+def texts_by_lang(split) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for lang, text in zip(split["lang"], split["text"]):
+        out.setdefault(lang, []).append(text)
+    return out
+
+
+def ensure_tokenizer(cfg: RunConfig, run_dir: Path, corpus, progress: bool = True):
+    """The run's tokenizer, trained on the training languages the first time."""
+    path = run_dir / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        tc = cfg.tokenizer
+        train_tokenizer(texts_by_lang(corpus["train"]), tc.vocab_size, path, temperature=tc.temperature,
+                        n_chars=tc.chars, seed=cfg.train.seed, show_progress=progress)
+    tok = load_tokenizer(path)
+    if len(tok) != cfg.model.vocab_size:
+        raise XelmError(f"tokenizer at {path} has {len(tok)} tokens but model.vocab_size is "
+                        f"{cfg.model.vocab_size}")
+    return tok
+
+
+def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the run's base encoder; returns a summary that is also saved."""
+    run_dir = rundir.prepare(run_dir, cfg)
+    full = load_corpus(cfg.data.corpus)
+    langs = training_languages(cfg, sorted(set(full["train"]["lang"])))
+    corpus = load_corpus(cfg.data.corpus, languages=langs)
+    tok = ensure_tokenizer(cfg, run_dir, corpus, progress)
+    train_split = corpus["train"]
+    tokenized = TokenizedCorpus.from_texts(tok, train_split["lang"], train_split["text"])
+    result = train(cfg, tokenized, run_dir / "base", mask_id=tok.mask_token_id, max_steps=max_steps,
+                   progress=progress, desc="pretrain")
+    summary = {"step": result.step, "steps": cfg.train.steps, "loss": result.loss, "tokens": result.tokens,
+               "languages": len(langs), "resumed_from": result.resumed_from,
+               "complete": result.step >= cfg.train.steps,
+               "metrics": str(run_dir / "base" / "metrics.jsonl"), "plot": str(run_dir / "base" / "loss.png")}
+    (run_dir / "base" / "summary.json").write_text(json.dumps(
+        {**summary, "tokens_by_lang": result.tokens_by_lang}, indent=2) + "\n")
+    return summary

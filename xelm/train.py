@@ -75,7 +75,7 @@ def _train_step(graphdef, state, batch):
     model, optimizer = nnx.merge(graphdef, state)
     (loss, aux), grads = nnx.value_and_grad(mlm_loss, has_aux=True)(model, batch)
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return nnx.state((model, optimizer)), {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""Encoder behaviour: segment and window masking, masked-only loss, both architectures."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from xelm.config import ModelConfig
+from xelm.model import Encoder, mlm_loss
+
+SMALL = dict(vocab_size=97, hidden=32, layers=2, heads=2, ffn=64, max_len=64)
+
+
+def make(arch: str, **kw) -> Encoder:
+    extra = dict(bias=True, type_vocab_size=2) if arch == "bert" else {}
+    return Encoder(ModelConfig(arch=arch, **{**SMALL, **extra, **kw}), rngs=nnx.Rngs(0))
+
+
+def packed_row():
+    """One row, two segments: tokens 0..9 (segment 1) and 10..23 (segment 2)."""
+    ids = np.arange(5, 29, dtype=np.int32)[None]
+    seg = np.array([[1] * 10 + [2] * 14], np.int32)
+    pos = np.array([list(range(10)) + list(range(14))], np.int32)
+    return ids, seg, pos
+
+
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_attention_never_crosses_segments(arch):
+    model = make(arch, local_window=8, global_every=2)
+    ids, seg, pos = packed_row()
+    out = model(jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos))
+    changed = ids.copy()
+    changed[0, 12:20] = 50  # edit segment 2 only
+    out2 = model(jnp.asarray(changed), jnp.asarray(seg), jnp.asarray(pos))
+    np.testing.assert_allclose(out[0, :10], out2[0, :10], atol=1e-6)  # segment 1 is untouched
+    assert not np.allclose(out[0, 10:], out2[0, 10:], atol=1e-4)  # segment 2 did change
+
+
+def test_local_window_limits_what_a_token_sees():
+    # global_every=100: layer 0 is global, layer 1 local with a window of ±2 tokens.
+    cfg = ModelConfig(**{**SMALL, "layers": 2, "local_window": 4, "global_every": 100})
+    model = Encoder(cfg, rngs=nnx.Rngs(1))
+    ids = jnp.arange(5, 25)[None]
+    seg = jnp.ones_like(ids)
+    pos = jnp.arange(20)[None]
+    layer = model.layers[1]
+    assert layer.window == 4
+    from xelm.model import attention_mask
+    x = model.embed(ids)
+    masks = {4: attention_mask(seg, pos, 4)}
+    y = layer(x, masks, pos)
+    x2 = x.at[0, 15].set(x[0, 15] + 1.0)  # token 15 is 15 positions away from token 0
+    y2 = layer(x2, masks, pos)
+    np.testing.assert_allclose(y[0, :13], y2[0, :13], atol=1e-6)  # outside ±2 of 15: unchanged
+    assert not np.allclose(y[0, 13:18], y2[0, 13:18], atol=1e-5)  # inside the window: changed
+
+
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_masked_only_loss_equals_full_loss_restricted_to_masks(arch):
+    model = make(arch)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 97, (2, 16)).astype(np.int32)
+    seg = np.ones_like(ids)
+    pos = np.broadcast_to(np.arange(16), ids.shape).astype(np.int32)
+    mpos = np.array([[1, 4, 9], [0, 7, 15]], np.int32)
+    labels = rng.integers(5, 97, (2, 3)).astype(np.int32)
+    weights = np.array([[1, 1, 1], [1, 0, 1]], np.float32)
+    batch = {k: jnp.asarray(v) for k, v in dict(input_ids=ids, segment_ids=seg, positions=pos,
+             mask_positions=mpos, mask_labels=labels, mask_weights=weights).items()}
+    loss, _ = mlm_loss(model, batch)
+    # Reference: the head on every position, then keep the masked ones.
+    logits = model.mlm_logits(model(batch["input_ids"], batch["segment_ids"], batch["positions"]))
+    logp = jax.nn.log_softmax(logits, -1)
+    nll = [-logp[b, mpos[b, j], labels[b, j]] for b in range(2) for j in range(3) if weights[b, j]]
+    np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-5)
+
+
+def test_jit_and_eager_agree():
+    model = make("modernbert", local_window=8)
+    ids, seg, pos = (jnp.asarray(a) for a in packed_row())
+    graphdef, state = nnx.split(model)
+    jitted = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, ids, seg, pos)
+    np.testing.assert_allclose(model(ids, seg, pos), jitted, atol=1e-5)
+
+
+def test_bad_model_config_is_a_clear_error():
+    from xelm.errors import XelmError
+    with pytest.raises(XelmError, match="arch"):
+        ModelConfig(arch="gpt")
+    with pytest.raises(XelmError, match="heads"):
+        ModelConfig(hidden=30, heads=4)

@@ -1,0 +1,176 @@
+"""Packing, masking, curriculum, config, and the training loop: resume and data parallelism."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xelm.batches import TokenizedCorpus, make_batch, mask_rows, pack
+from xelm.config import Stage, TrainConfig, load_config
+from xelm.curriculum import stage_index, stage_probabilities, wsd_schedule
+from xelm.errors import XelmError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "udhr-tiny.yaml"
+
+
+# ----------------------------------------------------------------------------- batches
+def test_pack_has_no_padding_and_restarts_positions_per_segment():
+    docs = [np.arange(2, 7), np.arange(10, 14), np.arange(20, 27)]
+    ids, seg, pos = pack(docs, rows=2, seq_len=8)
+    assert ids.tolist() == [[2, 3, 4, 5, 6, 10, 11, 12], [13, 20, 21, 22, 23, 24, 25, 26]]
+    assert seg.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2], [1, 2, 2, 2, 2, 2, 2, 2]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 0, 1, 2, 3, 4, 5, 6]]
+    assert (seg > 0).all()
+
+
+def test_mask_rows_masks_k_non_special_positions():
+    rng = np.random.default_rng(0)
+    ids = np.tile(np.array([2] + list(range(10, 40)) + [3], np.int32), (4, 1))
+    special = np.array([0, 1, 2, 3, 4])
+    inputs, pos, labels, weights = mask_rows(ids, 0.25, rng, 4, 100, special)
+    assert pos.shape == (4, 8) and weights.all()
+    assert not np.isin(labels, special).any()
+    assert (np.take_along_axis(ids, pos, 1) == labels).all()
+    assert (inputs == 4).sum() >= 0.6 * pos.size  # most of them are [MASK]
+    untouched = np.ones_like(ids, bool)
+    np.put_along_axis(untouched, pos, False, 1)
+    assert (inputs[untouched] == ids[untouched]).all()
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    docs = {"eng": [np.arange(2, 30)] * 3, "fra": [np.arange(40, 60)] * 3}
+    corpus = TokenizedCorpus(docs, [0, 1, 2, 3, 4])
+    args = (corpus, {"eng": 0.5, "fra": 0.5}, 4, 16, 0.3, 4, 100)
+    a, b, c = make_batch(*args, 0, 7), make_batch(*args, 0, 7), make_batch(*args, 0, 8)
+    assert all((a[k] == b[k]).all() for k in ("input_ids", "mask_positions"))
+    assert not (a["input_ids"] == c["input_ids"]).all()
+
+
+# -------------------------------------------------------------------------- curriculum
+STAGES = (Stage("pre", 0.5, ("eng", "fra"), 0.3, 0.7), Stage("mid", 0.8, "all", 0.15, 0.5),
+          Stage("decay", 1.0, "all", 0.05, 0.3))
+
+
+def test_stages_switch_at_their_fractions_and_languages_grow():
+    assert [stage_index(s, STAGES, 100) for s in (0, 49, 50, 79, 80, 99)] == [0, 0, 1, 1, 2, 2]
+    sizes = {"eng": 1000, "fra": 500, "swh": 10}
+    assert set(stage_probabilities(STAGES[0], sizes)) == {"eng", "fra"}
+    p_mid, p_decay = stage_probabilities(STAGES[1], sizes), stage_probabilities(STAGES[2], sizes)
+    assert set(p_decay) == {"eng", "fra", "swh"}
+    # A lower temperature moves towards uniform: the small language gains share.
+    assert p_decay["swh"] > p_mid["swh"] > 10 / 1510
+
+
+def test_wsd_schedule_warms_up_holds_and_decays_in_the_last_stage():
+    sched = wsd_schedule(TrainConfig(steps=100, lr=1.0, warmup_steps=10), STAGES)
+    assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
+    assert float(sched(10)) == float(sched(79)) == pytest.approx(1.0)
+    assert float(sched(90)) == pytest.approx(0.5) and float(sched(100)) == pytest.approx(0.0)
+
+
+def test_unknown_stage_language_is_a_clear_error():
+    with pytest.raises(XelmError, match="xyz"):
+        stage_probabilities(Stage("s", 1.0, ("eng", "xyz")), {"eng": 10})
+
+
+# ------------------------------------------------------------------------------ config
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(XelmError, match="'train.stepz'"):
+        load_config(TINY, ["train.stepz=3"])
+    with pytest.raises(XelmError, match="model.layers"):
+        load_config(TINY, ["model.layers=many"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(XelmError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(XelmError, match="until"):
+        load_config(TINY, ["curriculum=[{name: a, until: 0.5}]"])
+    assert load_config(TINY, ["train.steps=7"]).train.steps == 7
+
+
+# ---------------------------------------------------------------------- training runs
+@pytest.fixture(scope="module")
+def tiny_overrides(tiny_tokenizer):
+    from xelm.tokenizer import load_tokenizer
+    v = len(load_tokenizer(tiny_tokenizer))
+    return [f"model.vocab_size={v}", f"tokenizer.vocab_size={v}"]
+
+
+def _run_dir(tmp_path: Path, name: str, tokenizer: Path) -> Path:
+    run = tmp_path / name
+    shutil.copytree(tokenizer, run / "tokenizer")
+    return run
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "base" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_exact_and_loss_falls(tmp_path, tiny_tokenizer, tiny_overrides):
+    from xelm.pretrain import pretrain
+    cfg = load_config(TINY, tiny_overrides)
+    full = _run_dir(tmp_path, "full", tiny_tokenizer)
+    done = pretrain(cfg, full, progress=False)
+    assert done["complete"] and done["step"] == 30
+    split = _run_dir(tmp_path, "split", tiny_tokenizer)
+    first = pretrain(cfg, split, max_steps=15, progress=False)
+    assert first["step"] == 15 and not first["complete"]
+    second = pretrain(cfg, split, progress=False)
+    assert second["resumed_from"] == 15
+    assert second["loss"] == pytest.approx(done["loss"], abs=1e-5)
+    assert _losses(split) == pytest.approx(_losses(full), abs=1e-5)
+    rows = [json.loads(r) for r in (full / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "tokens", "lr", "mask_ratio", "temperature"} <= set(rows[0])
+    assert [r["stage"] for r in rows][0] == "pretrain" and rows[-1]["stage"] == "decay"
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (full / "base" / "loss.png").stat().st_size > 1000
+    assert (full / "config.yaml").exists() and (full / "versions.json").exists()
+
+
+def test_changed_config_in_existing_run_dir_is_refused(tmp_path, tiny_tokenizer, tiny_overrides):
+    from xelm.cli import main
+    run = _run_dir(tmp_path, "run", tiny_tokenizer)
+    args = ["pretrain", "--config", str(TINY), "--run-dir", str(run), "--max-steps", "1", "--json",
+            *tiny_overrides]
+    assert main(args) == 0
+    assert main(args[:-2] + ["train.steps=99", *tiny_overrides]) == 2
+    assert main(["pretrain", "--config", str(tmp_path / "none.yaml"), "--run-dir", str(run)]) == 2
+
+
+SHARDED = """
+import json, sys
+import jax
+from xelm.batches import TokenizedCorpus
+from xelm.config import load_config
+from xelm.tokenizer import load_tokenizer
+from xelm.data import load_corpus
+from xelm.train import train
+cfg = load_config(sys.argv[1], sys.argv[4:])
+tok = load_tokenizer(sys.argv[2])
+split = load_corpus("udhr", languages=["eng", "fra", "deu", "rus", "cmn", "arb", "hin", "swh", "jpn", "spa"])["train"]
+corpus = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
+r = train(cfg, corpus, sys.argv[3], mask_id=tok.mask_token_id, max_steps=4, progress=False)
+print(json.dumps({"devices": jax.device_count(), "loss": r.loss}))
+"""
+
+
+def test_data_parallel_over_two_devices_matches_one(tmp_path, tiny_tokenizer, tiny_overrides):
+    results = {}
+    for n in (1, 2):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+               "JAX_PLATFORMS": "cpu"}
+        out = subprocess.run([sys.executable, "-c", SHARDED, str(TINY), str(tiny_tokenizer),
+                              str(tmp_path / f"dev{n}"), "train.log_every=1", *tiny_overrides],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        results[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results[2]["devices"] == 2
+    assert results[2]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)

@@ -10,6 +10,8 @@ import pycountry
 from xelm.errors import XelmError
 
 _ISO3 = re.compile(r"^[a-z]{3}$")
+# ISO 639-3 special codes: in the table, but they name no language.
+_SPECIAL = {"mis": "uncoded", "mul": "multiple languages", "und": "undetermined", "zxx": "no linguistic content"}
 
 
 @lru_cache(maxsize=None)
@@ -32,6 +34,9 @@ def check_language(code: str, where: str = "") -> str:
     if not isinstance(code, str) or not _ISO3.match(code):
         raise XelmError(f"malformed language code {code!r}{at}: expected an ISO 639-3 code "
                         "such as 'eng' or 'swh' (three lowercase letters)")
+    if code in _SPECIAL:
+        raise XelmError(f"language code {code!r}{at} is the special code for {_SPECIAL[code]!r}, "
+                        "not a language: give the text's ISO 639-3 language code")
     if code not in _by_alpha3():
         raise XelmError(f"unknown language code {code!r}{at}: not an ISO 639-3 code")
     return code

@@ -2,47 +2,76 @@
 
 Byte fallback is what keeps a small vocabulary honest on UDHR's ~5,000 distinct characters:
 a character the vocabulary lacks becomes its UTF-8 bytes (``<0xE1>``...), never ``[UNK]``.
+Text is NFC-normalised; ``decode(encode(text))`` gives back ``NFC(text)`` exactly, whitespace
+included (special-token strings such as "[CLS]" written in the text are read as special tokens).
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import os
+import unicodedata
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from xelm.data.sampling import sample_texts
-from xelm.errors import XelmError
+# xelm is JAX-only: transformers' "PyTorch was not found" advice would be noise on every run.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
+
+from xelm.data.sampling import sample_texts  # noqa: E402
+from xelm.errors import XelmError  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+BYTE_PIECE_CHARS = sorted(set("".join(BYTE_TOKENS)))
 
 
 def train_tokenizer(texts_by_lang: dict[str, list[str]], vocab_size: int, out_dir: str | Path,
                     temperature: float = 0.3, n_chars: int = 2_000_000, seed: int = 0,
+                    character_coverage: float = 0.9995,
                     show_progress: bool = True) -> PreTrainedTokenizerFast:
-    """Train on ~``n_chars`` of temperature-sampled text; save to ``out_dir``; return it."""
+    """Train on ~``n_chars`` of temperature-sampled text; save to ``out_dir``; return it.
+
+    Characters outside the ``character_coverage`` most frequent ones (and beyond half of the
+    piece budget) are left out of the vocabulary and reach the model as UTF-8 bytes.
+    """
     min_size = len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 100
     if vocab_size < min_size:
         raise XelmError(f"vocab size {vocab_size} is too small: at least {min_size} "
                         f"({len(SPECIAL_TOKENS)} special + 256 byte tokens + 100 pieces)")
-    texts = sample_texts(texts_by_lang, temperature, n_chars, seed)
+    if n_chars <= 0:
+        raise XelmError(f"n_chars {n_chars} must be positive: the characters of text to train on")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XelmError(f"tokenizer output {out_dir} is a file: give a directory")
+    texts = [unicodedata.normalize("NFC", t) for t in sample_texts(texts_by_lang, temperature, n_chars, seed)]
+    n_pieces = vocab_size - len(BYTE_TOKENS) - len(SPECIAL_TOKENS)
+    texts = _restrict_alphabet(texts, max_chars=n_pieces // 2, coverage=character_coverage)
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    # "▁" before the text and for every space (as Llama's tokenizer does), so that the decoder's
+    # one stripped leading space is always the added one: leading whitespace round-trips.
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size - len(BYTE_TOKENS), special_tokens=SPECIAL_TOKENS,
         unk_token="[UNK]", shrinking_factor=0.75, max_piece_length=16, n_sub_iterations=2,
+        initial_alphabet=BYTE_PIECE_CHARS,
         show_progress=show_progress)
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     # Rebuild with the 256 byte pieces (lowest scores) and byte fallback switched on.
     pieces = json.loads(tok.to_str())["model"]["vocab"]
-    floor = min(score for _, score in pieces) - 1.0
-    have = {p for p, _ in pieces}
-    vocab = [(p, s) for p, s in pieces] + [(b, floor) for b in BYTE_TOKENS if b not in have]
+    assert [p for p, _ in pieces[:len(SPECIAL_TOKENS)]] == SPECIAL_TOKENS
+    learned = _canonical_pieces(pieces[len(SPECIAL_TOKENS):])
+    # Byte pieces are only for byte fallback: a score this low, and the characters of "<0x41>"
+    # in the vocabulary, keep the text "<0x41>" from being read as the byte piece (= "A").
+    floor = min(score for _, score in learned) - 1e4
+    have = {p for p, _ in learned}
+    vocab = ([(p, 0.0) for p in SPECIAL_TOKENS] + learned
+             + [(b, floor) for b in BYTE_TOKENS if b not in have])
     tok.model = models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index("[UNK]"), byte_fallback=True)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                      decoders.Fuse(), decoders.Strip(" ", 1, 0)])
@@ -53,10 +82,45 @@ def train_tokenizer(texts_by_lang: dict[str, list[str]], vocab_size: int, out_di
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=8192)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return fast
+
+
+def _canonical_pieces(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The trainer's pieces, the same on every run: sorted by piece, scores rounded.
+
+    HF's Unigram trainer is not reproducible: its piece order follows hash maps, its scores'
+    last digits follow summation order, and characters the model dropped come back with scores
+    min, min + 1e-4, min + 2e-4, ... in hash-set order. Those characters all get ``min`` here.
+    """
+    low = min(score for _, score in pieces)
+    n_chars = sum(len(p) == 1 for p, _ in pieces)
+
+    def settle(piece: str, score: float) -> tuple[str, float]:
+        k = (score - low) / 1e-4
+        if len(piece) == 1 and round(k) <= n_chars and abs(k - round(k)) < 1e-5:
+            score = low
+        return piece, round(score, 4)
+
+    return sorted(settle(p, s) for p, s in pieces)
+
+
+def _restrict_alphabet(texts: list[str], max_chars: int, coverage: float) -> list[str]:
+    """Replace rare characters by spaces: HF's Unigram trainer keeps every character it sees.
+
+    The kept alphabet is the most frequent characters covering ``coverage`` of all characters,
+    at most ``max_chars`` of them (SentencePiece's ``character_coverage``).
+    """
+    counts = Counter(ch for t in texts for ch in t if not ch.isspace())
+    total, kept, keep = sum(counts.values()), 0, set()
+    for ch, n in counts.most_common(max_chars):
+        if kept >= coverage * total:
+            break
+        keep.add(ch)
+        kept += n
+    drop = {ord(ch): " " for ch in counts if ch not in keep}
+    return [t.translate(drop) for t in texts] if drop else texts
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
@@ -64,7 +128,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if not (path / "tokenizer.json").is_file():
         raise XelmError(f"no tokenizer at {path}: expected {path / 'tokenizer.json'} "
                         "(train one with `xelm tokenizer train`)")
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # a damaged tokenizer.json raises many kinds
+        raise XelmError(f"tokenizer at {path} cannot be loaded ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}): retrain it with "
+                        "`xelm tokenizer train`") from None
 
 
 def byte_token_ids(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xelm.data.writing_systems import dominant_script
@@ -39,12 +40,15 @@ def load_corpus(spec: str | Path, languages: list[str] | None = None) -> dataset
     """The corpus named by ``spec``, optionally restricted to ``languages`` (ISO 639-3)."""
     table = _load_table(str(spec))
     if languages is not None:
+        languages = [languages] if isinstance(languages, str) else list(languages)
+        if not languages:
+            raise XelmError(f"the language filter for corpus {spec!r} is empty: give ISO 639-3 codes")
         known = set(table.column("lang").to_pylist())
         missing = [lang for lang in languages if lang not in known]
         if missing:
             raise XelmError(f"language(s) {', '.join(missing)} not in corpus {spec!r} "
                             f"(it has {len(known)} languages; see `xelm data stats --corpus {spec}`)")
-        table = table.filter(pa.compute.is_in(table.column("lang"), pa.array(languages)))
+        table = table.filter(pc.is_in(table.column("lang"), pa.array(languages)))
     splits = table.column("split").to_pylist()
     table = table.drop(["split"])
     return datasets.DatasetDict({
@@ -78,6 +82,7 @@ def _directory_table(path: Path) -> pa.Table:
     if not files:
         raise XelmError(f"corpus directory {path} has no .txt, .jsonl or .parquet files")
     rows: dict[str, list] = {c: [] for c in (*COLUMNS, "split")}
+    units: Counter = Counter()  # rows per language so far: units stay unique across files
     for f in files:
         records = _read_records(f)
         if not records:
@@ -93,7 +98,8 @@ def _directory_table(path: Path) -> pa.Table:
                 rows["tag"].append(r.get("tag") or lang)
                 rows["name"].append(language_name(lang))
                 rows["script"].append(script)
-                rows["unit"].append(str(i))
+                rows["unit"].append(str(units[lang]))
+                units[lang] += 1
                 rows["heading"].append("")
                 rows["text"].append(r["text"])
                 rows["split"].append(_split_of(r, i, f))
@@ -159,10 +165,12 @@ def _hub_table(name: str) -> pa.Table:
 
 def corpus_stats(corpus: datasets.DatasetDict) -> dict:
     """Languages, rows, characters and words per split, and scripts (declarations per script)."""
-    first = corpus["train"] if len(corpus["train"]) else next(iter(corpus.values()))
-    tags = dict(zip(first["tag"], first["script"]))
+    tags, langs = {}, set()
+    for split in corpus.values():
+        tags.update(zip(split["tag"], split["script"]))
+        langs.update(split["lang"])
     out = {
-        "languages": sorted(set(first["lang"])),
+        "languages": sorted(langs),
         "declarations": len(tags),
         "scripts": dict(Counter(tags.values()).most_common()),
         "splits": {},

@@ -184,5 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xelm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("xelm: interrupted", file=sys.stderr)
+        print("xelm: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xelm ... --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # permission denied, disk full, ...: name the file, no traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"xelm: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2

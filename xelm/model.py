@@ -37,6 +37,16 @@ def rope(x_BxSxNxH, positions_BxS, theta: float):
     return (x_BxSxNxH * cos + rotated * sin).astype(x_BxSxNxH.dtype)
 
 
+def attend(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS):
+    """Softmax attention with a boolean mask, as plain einsums (faster than
+    ``jax.nn.dot_product_attention`` on CPU, and XLA fuses it on accelerators)."""
+    scale = q_BxSxNxH.shape[-1] ** -0.5
+    s_BxNxSxS = jnp.einsum("bqnh,bknh->bnqk", q_BxSxNxH * scale, k_BxSxNxH).astype(jnp.float32)
+    s_BxNxSxS = jnp.where(mask_Bx1xSxS, s_BxNxSxS, jnp.finfo(jnp.float32).min)
+    p_BxNxSxS = jax.nn.softmax(s_BxNxSxS, axis=-1).astype(v_BxSxNxH.dtype)
+    return jnp.einsum("bnqk,bknh->bqnh", p_BxNxSxS, v_BxSxNxH)
+
+
 def attention_mask(segment_ids_BxS, positions_BxS, window: int | None):
     """[B, 1, S, S] boolean: same segment and (for local layers) within ``window // 2``."""
     same_BxSxS = segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :]
@@ -62,7 +72,7 @@ class Attention(nnx.Module):
         if cfg.rope:
             theta = cfg.rope_theta if self.is_global else cfg.rope_theta_local
             q_BxSxNxH, k_BxSxNxH = rope(q_BxSxNxH, positions_BxS, theta), rope(k_BxSxNxH, positions_BxS, theta)
-        o_BxSxNxH = jax.nn.dot_product_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1xSxS)
+        o_BxSxNxH = attend(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS)
         return self.out(o_BxSxNxH.reshape(b, s, cfg.hidden))
 
 

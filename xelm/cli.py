@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_pretrain)
 
+    from experts.cli import register as register_experts
+    register_experts(sub)
+
     s = sub.add_parser("demo", help="the main job: every stage on the embedded corpus, resumable")
     s.add_argument("--config", type=Path, default=None, help="default: configs/udhr-demo.yaml")
     s.add_argument("--run-dir", type=Path, default=Path("runs/demo"))

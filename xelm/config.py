@@ -139,6 +139,26 @@ class TrainConfig:
             raise XelmError("train: log_every, checkpoint_every and keep_checkpoints must be >= 1")
 
 
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How experts are made: the cluster plan, each expert's token budget and its training."""
+
+    method: str = "typology"  # typology | tfidf | model
+    k: int = 4
+    balanced: bool = True
+    tokens: int = 200_000  # tokens each expert trains on (the dense baseline gets the sum)
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    mask_ratio: float = 0.15
+    temperature: float = 0.5
+
+    def __post_init__(self):
+        if self.method not in ("typology", "tfidf", "model"):
+            raise XelmError(f"experts.method {self.method!r} is not typology, tfidf or model")
+        if self.k < 1 or self.tokens < 1 or self.lr <= 0:
+            raise XelmError(f"experts: k, tokens and lr must be positive (got {self.k}, {self.tokens}, {self.lr})")
+
+
 def _default_curriculum() -> tuple[Stage, ...]:
     return (Stage("pretrain", 0.6, "all", 0.30, 0.7), Stage("mid", 0.85, "all", 0.15, 0.5),
             Stage("decay", 1.0, "all", 0.05, 0.3))
@@ -151,6 +171,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     curriculum: tuple[Stage, ...] = field(default_factory=_default_curriculum)
     train: TrainConfig = field(default_factory=TrainConfig)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
 
     def __post_init__(self):
         ends = [s.until for s in self.curriculum]

@@ -12,6 +12,7 @@ from xelm.data import load_corpus
 from xelm.errors import XelmError
 from xelm.tokenizer import load_tokenizer, train_tokenizer
 from xelm.train import train
+from xelm.weights import save_weights
 
 
 def training_languages(cfg: RunConfig, available: list[str]) -> list[str]:
@@ -46,6 +47,12 @@ def ensure_tokenizer(cfg: RunConfig, run_dir: Path, corpus, progress: bool = Tru
 def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run's base encoder; returns a summary that is also saved."""
     run_dir = rundir.prepare(run_dir, cfg)
+    done = run_dir / "base" / "summary.json"
+    if done.exists() and (run_dir / "base" / "model" / "model.json").exists():
+        summary = json.loads(done.read_text())
+        if summary.get("complete"):
+            summary.pop("tokens_by_lang", None)
+            return {**summary, "skipped": True}
     full = load_corpus(cfg.data.corpus)
     langs = training_languages(cfg, sorted(set(full["train"]["lang"])))
     corpus = load_corpus(cfg.data.corpus, languages=langs)
@@ -54,6 +61,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, 
     tokenized = TokenizedCorpus.from_texts(tok, train_split["lang"], train_split["text"])
     result = train(cfg, tokenized, run_dir / "base", mask_id=tok.mask_token_id, max_steps=max_steps,
                    progress=progress, desc="pretrain")
+    if result.step >= cfg.train.steps:
+        save_weights(result.model, run_dir / "base" / "model")
     summary = {"step": result.step, "steps": cfg.train.steps, "loss": result.loss, "tokens": result.tokens,
                "languages": len(langs), "resumed_from": result.resumed_from,
                "complete": result.step >= cfg.train.steps,

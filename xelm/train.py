@@ -85,6 +85,7 @@ class TrainResult:
     tokens: int
     tokens_by_lang: dict[str, int]
     resumed_from: int | None
+    model: Encoder
 
 
 def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_id: int,
@@ -104,12 +105,12 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
         trainer.state, meta = ckpt.restore(trainer.state)
         step, tokens, by_lang = meta["step"], meta["tokens"], meta["tokens_by_lang"]
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, step)
+    rows = _truncate_metrics(metrics_path, step)
     end = min(tc.steps, max_steps) if max_steps is not None else tc.steps
     sizes = corpus.sizes()
     probs_cache: dict[int, dict] = {}
     schedule = wsd_schedule(tc, stages)
-    loss = float("nan")
+    loss = rows[-1]["loss"] if rows else float("nan")  # a run resumed at its end keeps its loss
     bar = tqdm(total=end, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     t_last, tokens_last = time.perf_counter(), tokens
     with open(metrics_path, "a") as log:
@@ -147,16 +148,17 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
     ckpt.wait()
     ckpt.close()
     plot_loss(metrics_path, out_dir / "loss.png")
-    return TrainResult(step, loss, tokens, by_lang, resumed)
+    return TrainResult(step, loss, tokens, by_lang, resumed, trainer.model())
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def _truncate_metrics(path: Path, step: int) -> list[dict]:
     """Drop rows logged after the checkpoint we resume from, so the log matches the state."""
     if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r)["step"] <= step]
-    path.write_text("".join(r + "\n" for r in keep))
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return keep
 
 
 def plot_loss(metrics_path: Path, out: Path) -> Path | None:

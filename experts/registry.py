@@ -1,0 +1,179 @@
+"""The expert registry: an index plus one folder per expert (weights + card).
+
+Layout under ``root`` (a local path, or any path ``etils.epath`` opens)::
+
+    index.json            {"format": 1, "experts": {name: card summary}}
+    <name>/card.json      languages, parent, tokens, losses, centroid, checksum, ...
+    <name>/weights/       Orbax params + model.json (see xelm.weights)
+
+An expert's folder is written under a temporary name and renamed into place; the index is
+rewritten atomically (write then rename) under a file lock, so concurrent writers both land
+and a reader never sees half an index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from etils import epath
+from filelock import FileLock
+
+from xelm.errors import XelmError
+from xelm.model import Encoder
+from xelm.weights import load_weights, save_weights
+
+FORMAT = 1
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise XelmError(f"expert name {name!r} is not valid: use lowercase letters, digits, '-', '_' "
+                        "or '.', starting with a letter or digit (at most 64 characters)")
+    return name
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike):
+        self.root = epath.Path(root)
+        self.index_path = self.root / "index.json"
+
+    # ------------------------------------------------------------------------ reading
+    def index(self) -> dict:
+        if not self.index_path.exists():
+            return {"format": FORMAT, "experts": {}}
+        try:
+            data = json.loads(self.index_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise XelmError(f"registry index {self.index_path} is damaged ({e}); rebuild it with "
+                            "`xelm expert list --repair`") from None
+        if not isinstance(data, dict) or not isinstance(data.get("experts"), dict):
+            raise XelmError(f"registry index {self.index_path} is damaged (no 'experts' mapping); "
+                            "rebuild it with `xelm expert list --repair`")
+        if data.get("format", 0) > FORMAT:
+            raise XelmError(f"registry {self.root} was written by a newer xelm (format {data['format']}, "
+                            f"this one reads {FORMAT}): upgrade xelm")
+        return data
+
+    def names(self) -> list[str]:
+        return sorted(self.index()["experts"])
+
+    def cards(self) -> list[dict]:
+        return [self.card(name) for name in self.names()]
+
+    def card(self, name: str) -> dict:
+        if name not in self.index()["experts"]:
+            known = ", ".join(self.names()) or "none"
+            raise XelmError(f"no expert named {name!r} in registry {self.root} (experts: {known})")
+        path = self.root / name / "card.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise XelmError(f"expert {name!r}: its card {path} is missing; remove it with "
+                            f"`xelm expert remove {name}` and train it again") from None
+        except json.JSONDecodeError:
+            raise XelmError(f"expert {name!r}: its card {path} is damaged; remove it with "
+                            f"`xelm expert remove {name}` and train it again") from None
+
+    def load(self, name: str) -> Encoder:
+        """The expert's encoder, checksum verified; damage is reported with its name."""
+        card = self.card(name)
+        model = load_weights(str(self.root / name / "weights"), name=f"expert {name!r}")
+        from xelm.weights import checksum
+        if checksum(model) != card["checksum"]:
+            raise XelmError(f"expert {name!r}: weights do not match its card's checksum; "
+                            f"remove it with `xelm expert remove {name}` and train it again")
+        return model
+
+    # ------------------------------------------------------------------------ writing
+    @contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        if _is_local(self.root):
+            with FileLock(str(self.root / ".index.lock"), timeout=120):
+                yield
+        else:  # object stores have no file locks: one writer per expert name is the rule
+            yield
+
+    def _write_index(self, data: dict) -> None:
+        tmp = self.root / f".index.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(self.index_path)  # atomic on POSIX: readers see the old or the new index
+
+    def add(self, card: dict, model: Encoder) -> dict:
+        """Register ``model`` under ``card['name']``; the name must be new."""
+        name = check_name(card["name"])
+        if name in self.index()["experts"]:
+            raise XelmError(f"an expert named {name!r} already exists in {self.root}: choose another "
+                            f"--name or `xelm expert remove {name}` first")
+        staging = self.root / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            digest = save_weights(model, str(staging / "weights"))
+            card = {**card, "checksum": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "format": FORMAT}
+            (staging / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+            with self._locked():
+                data = self.index()
+                if name in data["experts"]:
+                    raise XelmError(f"an expert named {name!r} was registered meanwhile in {self.root}")
+                if (self.root / name).exists():
+                    raise XelmError(f"a folder for expert {name!r} exists in {self.root} but the index lacks "
+                                    "it (an interrupted registration): `xelm expert list --repair` adopts it, "
+                                    f"`xelm expert remove {name}` deletes it")
+                staging.rename(self.root / name)
+                data["experts"][name] = _summary(card)
+                self._write_index(data)
+        finally:
+            if staging.exists():
+                _rmtree(staging)
+        return card
+
+    def remove(self, name: str) -> None:
+        """Drop ``name`` from the index, then delete its folder (also an orphaned one)."""
+        with self._locked():
+            data = self.index()
+            if name not in data["experts"] and not (self.root / check_name(name)).exists():
+                raise XelmError(f"no expert named {name!r} in registry {self.root}")
+            if data["experts"].pop(name, None) is not None:
+                self._write_index(data)
+        if (self.root / name).exists():
+            _rmtree(self.root / name)
+
+    def repair(self) -> list[str]:
+        """Rebuild the index from the expert folders whose card is readable; returns the names."""
+        with self._locked():
+            experts = {}
+            for folder in sorted(self.root.iterdir()) if self.root.exists() else []:
+                card_path = folder / "card.json"
+                if folder.name.startswith(".") or not card_path.exists():
+                    continue
+                try:
+                    experts[folder.name] = _summary(json.loads(card_path.read_text()))
+                except json.JSONDecodeError:
+                    continue
+            self._write_index({"format": FORMAT, "experts": experts})
+        return sorted(experts)
+
+
+def _summary(card: dict) -> dict:
+    keys = ("languages", "parent", "tokens_trained", "validation_loss", "cluster_method", "created")
+    return {k: card.get(k) for k in keys}
+
+
+def _is_local(path: epath.Path) -> bool:
+    return "://" not in str(path)
+
+
+def _rmtree(path: epath.Path) -> None:
+    if _is_local(path):
+        shutil.rmtree(str(path), ignore_errors=True)
+    else:
+        path.rmtree()

@@ -1,0 +1,181 @@
+"""Branch-train: copy a parent (the base or an expert), train it on some languages only for an
+explicit token budget, register it. Also the equal-compute dense baseline and HMR additions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+from experts.registry import Registry, check_name
+from experts.typology import nearest_expert, typology_centroid
+from xelm.batches import TokenizedCorpus, make_batch
+from xelm.config import RunConfig, Stage
+from xelm.data import load_corpus
+from xelm.errors import XelmError
+from xelm.languages import parse_language_list
+from xelm.model import Encoder
+from xelm.pretrain import texts_by_lang
+from xelm.rundir import load_run_config
+from xelm.tokenizer import load_tokenizer
+from xelm.train import evaluate_loss, train
+from xelm.weights import load_weights, save_weights
+
+EVAL_BATCHES = 4
+
+
+def registry_of(run_dir: str | Path, registry: str | None = None) -> Registry:
+    return Registry(registry or Path(run_dir) / "registry")
+
+
+def load_plan(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "clusters.json"
+    if not path.is_file():
+        raise XelmError(f"no cluster plan at {path}: run `xelm cluster --run-dir {run_dir} ...` first")
+    return json.loads(path.read_text())
+
+
+def load_base(run_dir: str | Path) -> Encoder:
+    path = Path(run_dir) / "base" / "model"
+    if not (path / "model.json").exists():
+        raise XelmError(f"no finished base encoder in {run_dir}: run `xelm pretrain --run-dir {run_dir}` "
+                        "to the end first")
+    return load_weights(path, name="the base encoder")
+
+
+def budget_config(cfg: RunConfig, languages: list[str], tokens: int) -> RunConfig:
+    """The run config for training on ``languages`` for ``tokens`` tokens (rounded up to steps)."""
+    if tokens < 1:
+        raise XelmError(f"token budget {tokens} must be positive")
+    ec, per_step = cfg.experts, cfg.data.batch_size * cfg.data.seq_len
+    steps = math.ceil(tokens / per_step)
+    stage = Stage("expert", 1.0, tuple(languages), ec.mask_ratio, ec.temperature)
+    tc = dataclasses.replace(cfg.train, steps=steps, lr=ec.lr, warmup_steps=min(ec.warmup_steps, steps // 2),
+                             log_every=max(1, min(cfg.train.log_every, steps // 4)),
+                             checkpoint_every=max(1, steps // 2))
+    return dataclasses.replace(cfg, curriculum=(stage,), train=tc)
+
+
+def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages: list[str]) -> float | None:
+    """Masked-LM loss on fixed validation batches of ``languages`` (same for every model)."""
+    rows = [i for i, lang in enumerate(split["lang"]) if lang in set(languages)]
+    if not rows:
+        return None
+    part = split.select(rows)
+    corpus = TokenizedCorpus.from_texts(tokenizer, part["lang"], part["text"])
+    probs = {lang: 1 / len(corpus.docs) for lang in corpus.docs}
+    batches = [make_batch(corpus, probs, cfg.data.batch_size, cfg.data.seq_len, cfg.experts.mask_ratio,
+                          tokenizer.mask_token_id, cfg.model.vocab_size, 12345, i) for i in range(EVAL_BATCHES)]
+    return evaluate_loss(model, batches)
+
+
+def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: int, work: Path,
+                corpus_spec: str | None, progress: bool, desc: str):
+    """Train a copy of ``parent`` on ``languages``; returns (result, cfg, validation loss)."""
+    cfg = load_run_config(run_dir)
+    tok = load_tokenizer(run_dir / "tokenizer")
+    corpus = load_corpus(corpus_spec or cfg.data.corpus, languages=languages)
+    split = corpus["train"]
+    empty = [lang for lang in languages if lang not in set(split["lang"])]
+    if empty:
+        raise XelmError(f"language(s) {', '.join(empty)} have no training text in corpus "
+                        f"{corpus_spec or cfg.data.corpus}")
+    bcfg = budget_config(cfg, languages, tokens)
+    tokenized = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
+    result = train(bcfg, tokenized, work, mask_id=tok.mask_token_id, model=parent, progress=progress, desc=desc)
+    val = validation_loss(result.model, tok, corpus["validation"], bcfg, languages)
+    return result, bcfg, val, texts_by_lang(split)
+
+
+def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, registry: str | None = None,
+                 progress: bool = True) -> dict:
+    """Branch the base and train it on one cluster of ``DIR/clusters.json``; register it."""
+    run_dir = Path(run_dir)
+    plan = load_plan(run_dir)
+    if cluster not in plan["clusters"]:
+        raise XelmError(f"no cluster named {cluster!r} in {run_dir / 'clusters.json'} "
+                        f"(clusters: {', '.join(plan['clusters'])})")
+    reg = registry_of(run_dir, registry)
+    name = check_name(cluster)
+    if name in reg.names():
+        return {**reg.card(name), "skipped": True}
+    cfg = load_run_config(run_dir)
+    tokens = tokens or cfg.experts.tokens
+    languages = sorted(plan["clusters"][cluster])
+    work = run_dir / "experts" / name
+    result, bcfg, val, texts = _train_copy(run_dir, load_base(run_dir), languages, tokens, work, None,
+                                           progress, f"expert {name}")
+    card = {"name": name, "kind": "cluster", "languages": languages, "parent": "base",
+            "tokens_trained": result.tokens, "tokens_by_lang": result.tokens_by_lang,
+            "train_loss": result.loss, "validation_loss": val, "cluster_method": plan["method"],
+            "typology_centroid": typology_centroid(languages, texts),
+            "config": dataclasses.asdict(bcfg.train) | {"languages": languages}}
+    card = reg.add(card, result.model)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)  # registered: the weights live there now
+    return card
+
+
+def train_all(run_dir: str | Path, tokens: int | None = None, registry: str | None = None,
+              progress: bool = True) -> list[dict]:
+    """Every cluster of the plan, one after another (each skipped once registered)."""
+    return [train_expert(run_dir, name, tokens, registry, progress) for name in load_plan(run_dir)["clusters"]]
+
+
+def train_baseline(run_dir: str | Path, registry: str | None = None, progress: bool = True) -> dict:
+    """The dense model at equal compute: the base continued on all languages for the sum of
+    the cluster experts' tokens. Saved under ``DIR/baseline`` with its token accounting."""
+    run_dir = Path(run_dir)
+    out = run_dir / "baseline"
+    if (out / "summary.json").exists() and (out / "model" / "model.json").exists():
+        return {**json.loads((out / "summary.json").read_text()), "skipped": True}
+    plan = load_plan(run_dir)
+    reg = registry_of(run_dir, registry)
+    cards = [c for c in reg.cards() if c.get("kind") == "cluster" and c["name"] in plan["clusters"]]
+    missing = sorted(set(plan["clusters"]) - {c["name"] for c in cards})
+    if missing:
+        raise XelmError(f"the baseline needs every cluster expert first; missing: {', '.join(missing)} "
+                        f"(`xelm expert train --run-dir {run_dir} --all`)")
+    tokens = sum(c["tokens_trained"] for c in cards)
+    languages = sorted({lang for c in cards for lang in c["languages"]})
+    result, bcfg, val, _ = _train_copy(run_dir, load_base(run_dir), languages, tokens, out, None,
+                                       progress, "dense baseline")
+    save_weights(result.model, out / "model")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    summary = {"kind": "dense", "languages": languages, "tokens_trained": result.tokens,
+               "expert_tokens": {c["name"]: c["tokens_trained"] for c in cards},
+               "train_loss": result.loss, "validation_loss": val}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, parent: str = "auto",
+                 name: str | None = None, corpus: str | None = None, registry: str | None = None,
+                 progress: bool = True) -> dict:
+    """HMR: a new expert for ``languages``, branched from the typologically nearest expert
+    (``auto``), the base, or a named expert. No other expert's files change."""
+    run_dir = Path(run_dir)
+    langs = parse_language_list(languages) if isinstance(languages, str) else list(languages)
+    reg = registry_of(run_dir, registry)
+    name = check_name(name or "hmr-" + "-".join(langs))
+    if name in reg.names():
+        raise XelmError(f"an expert named {name!r} already exists in {reg.root}: choose another --name")
+    cfg = load_run_config(run_dir)
+    texts = texts_by_lang(load_corpus(corpus or cfg.data.corpus, languages=langs)["train"])
+    distance = None
+    if parent == "auto":
+        parent, distance = nearest_expert(langs, reg.cards(), texts)
+    parent_model = load_base(run_dir) if parent == "base" else reg.load(parent)
+    work = run_dir / "experts" / name
+    result, bcfg, val, texts = _train_copy(run_dir, parent_model, langs, tokens, work, corpus,
+                                           progress, f"expert {name}")
+    card = {"name": name, "kind": "hmr", "languages": langs, "parent": parent,
+            "parent_distance": distance, "tokens_trained": result.tokens,
+            "tokens_by_lang": result.tokens_by_lang, "train_loss": result.loss, "validation_loss": val,
+            "cluster_method": "hmr", "corpus": corpus or cfg.data.corpus,
+            "typology_centroid": typology_centroid(langs, texts),
+            "config": dataclasses.asdict(bcfg.train) | {"languages": langs}}
+    card = reg.add(card, result.model)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return card

@@ -1,0 +1,42 @@
+"""Typological placement of experts: their centroid, and the expert nearest to new languages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clustering import uriel
+from clustering.fallbacks import resolve_uriel
+from clustering.typology import typology_distances
+from xelm.errors import XelmError
+
+
+def _proxies(languages: list[str], texts_by_lang: dict[str, list[str]] | None) -> dict[str, str]:
+    proxy, _, unresolved = resolve_uriel(sorted(set(languages)), texts_by_lang)
+    if unresolved:
+        raise XelmError(f"language(s) {', '.join(unresolved)} are not in URIEL and have no text to "
+                        "place them by; give a corpus with their text")
+    return proxy
+
+
+def typology_centroid(languages: list[str], texts_by_lang=None) -> list[float]:
+    """Mean URIEL syntax + phonology + inventory (kNN) vector of ``languages``."""
+    proxy = _proxies(languages, texts_by_lang)
+    codes = [proxy[lang] for lang in languages]
+    parts = [uriel.knn_vectors(codes, name).mean(axis=0) for name in uriel.KNN_SETS]
+    return [round(float(x), 4) for x in np.concatenate(parts)]
+
+
+def nearest_expert(new_languages: list[str], cards: list[dict], texts_by_lang=None) -> tuple[str, float]:
+    """The expert whose languages are typologically nearest (mean pairwise distance)."""
+    if not cards:
+        raise XelmError("the registry has no experts to branch from: use --parent base")
+    all_langs = sorted({*new_languages, *(lang for c in cards for lang in c["languages"])})
+    proxy = _proxies(all_langs, texts_by_lang)
+    codes = sorted(set(proxy.values()))
+    d = typology_distances(codes)
+    at = {c: i for i, c in enumerate(codes)}
+    new_idx = [at[proxy[lang]] for lang in new_languages]
+    scores = {c["name"]: float(d[np.ix_(new_idx, [at[proxy[lang]] for lang in c["languages"]])].mean())
+              for c in cards}
+    best = min(scores, key=scores.get)
+    return best, scores[best]

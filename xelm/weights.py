@@ -1,0 +1,83 @@
+"""Model-only weights on disk (Orbax) with a checksum, and the model config beside them.
+
+Experts, the base's final weights and the dense baseline are all saved this way, so any of
+them loads into an ``Encoder`` the same way, and damage is detected by checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from xelm.config import ModelConfig, from_dict, to_dict
+from xelm.errors import XelmError
+from xelm.model import Encoder
+
+
+def _path(directory: str | Path) -> epath.Path:
+    """Local paths made absolute (Orbax needs that); gs://, s3:// ... as they are."""
+    return epath.Path(directory if "://" in str(directory) else Path(directory).absolute())
+
+
+def checksum(model: nnx.Module) -> str:
+    """sha256 over every parameter's path, shape, dtype and bytes, in a fixed order."""
+    h = hashlib.sha256()
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    for path, var in sorted(flat, key=lambda kv: tuple(map(str, kv[0]))):
+        arr = np.asarray(jax.device_get(var.get_value() if hasattr(var, "get_value") else var.value))
+        h.update("/".join(map(str, path)).encode())
+        h.update(f"{arr.shape}{arr.dtype}".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def save_weights(model: Encoder, directory: str | Path) -> str:
+    """Write ``directory/params`` (Orbax) and ``directory/model.json``; return the checksum."""
+    directory = _path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = checksum(model)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / "params", nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)
+    (directory / "model.json").write_text(json.dumps(
+        {"model": to_dict(model.cfg), "checksum": digest}, indent=2) + "\n")
+    return digest
+
+
+def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
+    meta_path = _path(directory) / "model.json"
+    if not meta_path.is_file():
+        raise XelmError(f"no model weights at {directory} (missing model.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        return from_dict(meta["model"], ModelConfig), meta["checksum"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise XelmError(f"{meta_path} is damaged ({type(e).__name__}: {e})") from None
+
+
+def load_weights(directory: str | Path, name: str | None = None, verify: bool = True) -> Encoder:
+    """The encoder saved at ``directory``; a damaged or missing file is an error naming
+    ``name`` (e.g. the expert) and the path."""
+    label = f"{name} ({directory})" if name else str(directory)
+    cfg, expected = load_model_config(directory)
+    model = Encoder(cfg, rngs=nnx.Rngs(0))
+    abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            restored = ckptr.restore(_path(directory) / "params", target)
+    except Exception as e:  # Orbax raises many kinds for missing or damaged files
+        raise XelmError(f"weights of {label} cannot be read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]}); re-create them or remove the entry") from None
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    if verify and checksum(model) != expected:
+        raise XelmError(f"weights of {label} are damaged: checksum mismatch; re-create them or remove the entry")
+    return model

@@ -40,18 +40,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def cmd_cluster(args) -> int:
     languages, corpus, held_out = _languages_and_corpus(args)
-    split = _corpus_split(corpus, languages, "train") if _needs_texts(args) else {}
-    sizes = None
-    if args.balanced and split and all(split.get(lang) for lang in languages):
-        sizes = {lang: sum(len(t) for t in split[lang]) for lang in languages}
-    embeddings = None
-    if args.method == "model":
-        embeddings = encoder_embeddings(args.run_dir, _corpus_split(corpus, languages, "validation"))
-    result = make_plan(languages, args.method, args.k, texts_by_lang=split, sizes=sizes,
-                       embeddings=embeddings, balanced=args.balanced, seed=args.seed)
-    result.plan["corpus"] = corpus
-    if sizes is not None:
-        result.plan["sizes"] = "characters of the train split"
+    needs_texts = _needs_texts(args)
+    result = build_plan(languages, corpus, args.method, args.k, args.balanced, args.seed, args.run_dir,
+                        needs_texts)
     if held_out:
         result.plan["held_out"] = sorted(held_out)
     out = args.out or (args.run_dir / "clusters.json" if args.run_dir else None)
@@ -75,6 +66,28 @@ def cmd_cluster(args) -> int:
         if kind != "plan":
             print(f"  {kind}: {path}")
     return 0
+
+
+def build_plan(languages: list[str], corpus: str, method: str, k: int, balanced: bool = False, seed: int = 0,
+               run_dir: Path | None = None, needs_texts: bool = True):
+    """The plan for ``languages`` of ``corpus``: texts for TF-IDF, balancing and fallbacks come
+    from the train split; the model method embeds held-out (validation) text."""
+    split = _corpus_split(corpus, languages, "train") if needs_texts else {}
+    sizes = None
+    if balanced and split and all(split.get(lang) for lang in languages):
+        sizes = {lang: sum(len(t) for t in split[lang]) for lang in languages}
+    embeddings = None
+    if method == "model":
+        held = _corpus_split(corpus, languages, "validation")
+        train = split or _corpus_split(corpus, languages, "train")
+        held.update({lang: train[lang] for lang in languages if lang not in held and lang in train})
+        embeddings = encoder_embeddings(run_dir, held)
+    result = make_plan(languages, method, k, texts_by_lang=split, sizes=sizes, embeddings=embeddings,
+                       balanced=balanced, seed=seed)
+    result.plan["corpus"] = corpus
+    if sizes is not None:
+        result.plan["sizes"] = "characters of the train split"
+    return result
 
 
 def _needs_texts(args) -> bool:
@@ -126,9 +139,13 @@ def _load_corpus(spec: str):
 
 def encoder_embeddings(run_dir: Path | None, texts_by_lang: dict[str, list[str]]) -> dict:
     """Per-language mean-pooled embeddings from the run's base encoder (held-out text)."""
-    if run_dir is None or not (Path(run_dir) / "base").is_dir():
+    if run_dir is None or not (Path(run_dir) / "base" / "model" / "model.json").is_file():
         where = f"{run_dir}/base" if run_dir else "a run directory's base/ (give --run-dir DIR)"
-        raise XelmError(f"--method model needs the base encoder in {where}: train it with "
+        raise XelmError(f"--method model needs the finished base encoder in {where}: train it with "
                         "`xelm pretrain --run-dir DIR` or import one with `xelm import-hf PATH --run-dir DIR`")
-    raise XelmError(f"--method model: reading embeddings from the base encoder in {run_dir}/base is not "
-                    "wired in yet; pass embeddings to clustering.plan(..., embeddings=...) meanwhile")
+    from xelm.embed import language_embeddings
+    from xelm.tokenizer import load_tokenizer
+    from xelm.weights import load_weights
+
+    model = load_weights(Path(run_dir) / "base" / "model", name="the base encoder")
+    return language_embeddings(model, load_tokenizer(Path(run_dir) / "tokenizer"), texts_by_lang)

@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_pretrain)
 
+    from clustering.cli import register as register_cluster
     from experts.cli import register as register_experts
+    register_cluster(sub)
     register_experts(sub)
 
     s = sub.add_parser("demo", help="the main job: every stage on the embedded corpus, resumable")

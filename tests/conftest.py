@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,46 @@ def tiny_tokenizer(udhr, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_tokenizer")
     train_tokenizer(texts, 800, out, temperature=0.3, n_chars=150_000, seed=0, show_progress=False)
     return out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "configs" / "udhr-tiny.yaml"
+EXPERT_LANGUAGES = ["eng", "deu", "nld", "fra", "spa", "ita"]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_tokenizer) -> list[str]:
+    """Config overrides that fit configs/udhr-tiny.yaml to the tiny tokenizer and keep expert
+    budgets to a couple of steps."""
+    from xelm.tokenizer import load_tokenizer
+
+    v = len(load_tokenizer(tiny_tokenizer))
+    return [f"model.vocab_size={v}", f"tokenizer.vocab_size={v}", "experts.tokens=1024",
+            "experts.hmr_tokens=512", "experts.k=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_base_run(tiny_tokenizer, tiny_overrides, tmp_path_factory) -> Path:
+    """A run directory with the tiny base encoder pre-trained to the end (30 steps).
+    Read-only for tests: copy it (``shutil.copytree``) before writing into it."""
+    from xelm.config import load_config
+    from xelm.pretrain import pretrain
+
+    run = tmp_path_factory.mktemp("tiny_base") / "run"
+    shutil.copytree(tiny_tokenizer, run / "tokenizer")
+    pretrain(load_config(TINY_CONFIG, tiny_overrides), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_expert_run(tiny_base_run, tmp_path_factory) -> Path:
+    """The tiny base plus a typology plan of six languages (k=2) and both experts registered.
+    Read-only for tests: copy it before writing into it."""
+    from clustering import plan
+    from experts.training import train_all
+
+    run = tmp_path_factory.mktemp("tiny_experts") / "run"
+    shutil.copytree(tiny_base_run, run)
+    (run / "clusters.json").write_text(json.dumps(plan(EXPERT_LANGUAGES, method="typology", k=2)))
+    train_all(run, progress=False)
+    return run

@@ -147,6 +147,7 @@ class ExpertConfig:
     k: int = 4
     balanced: bool = True
     tokens: int = 200_000  # tokens each expert trains on (the dense baseline gets the sum)
+    hmr_tokens: int = 50_000  # tokens for each held-out language added later by HMR
     lr: float = 1e-3
     warmup_steps: int = 10
     mask_ratio: float = 0.15
@@ -155,8 +156,9 @@ class ExpertConfig:
     def __post_init__(self):
         if self.method not in ("typology", "tfidf", "model"):
             raise XelmError(f"experts.method {self.method!r} is not typology, tfidf or model")
-        if self.k < 1 or self.tokens < 1 or self.lr <= 0:
-            raise XelmError(f"experts: k, tokens and lr must be positive (got {self.k}, {self.tokens}, {self.lr})")
+        if self.k < 1 or self.tokens < 1 or self.hmr_tokens < 1 or self.lr <= 0:
+            raise XelmError(f"experts: k, tokens, hmr_tokens and lr must be positive "
+                            f"(got {self.k}, {self.tokens}, {self.hmr_tokens}, {self.lr})")
 
 
 def _default_curriculum() -> tuple[Stage, ...]:

@@ -1,4 +1,8 @@
-"""``xelm demo``: the main job on the embedded corpus, every stage skipped once complete."""
+"""``xelm demo``: the main job on the embedded corpus, every stage skipped once complete.
+
+corpus -> tokenizer -> base (mmBERT curriculum) -> cluster plan -> experts -> equal-compute
+dense baseline -> HMR experts for the held-out languages.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,15 @@ from xelm.errors import XelmError
 from xelm.pretrain import pretrain
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "udhr-demo.yaml"
+STAGES = 6
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
              progress: bool = True) -> dict:
+    from clustering.cli import build_plan
+    from clustering.planning import write_plan
+    from experts.training import add_language, registry_of, train_all, train_baseline
+
     config = Path(config) if config else DEFAULT_CONFIG
     if not config.is_file():
         raise XelmError(f"demo config {config} not found: pass --config FILE")
@@ -25,17 +34,52 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     t0 = time.perf_counter()
 
     stats = corpus_stats(load_corpus(cfg.data.corpus))
-    say(f"[1/2] corpus {cfg.data.corpus}: {len(stats['languages'])} languages, "
+    say(f"[1/{STAGES}] corpus {cfg.data.corpus}: {len(stats['languages'])} languages, "
         f"{stats['splits']['train']['characters']:,} training characters")
 
-    say("[2/2] tokenizer and base encoder (pre-training with the mmBERT curriculum)")
+    say(f"[2/{STAGES}] tokenizer and base encoder (mmBERT curriculum)")
     base = pretrain(cfg, run_dir, progress=progress)
-    say(f"      base: loss {base['loss']:.3f}, {base['tokens']:,} tokens, {base['languages']} languages"
-        + (f" (resumed from step {base['resumed_from']})" if base["resumed_from"] else ""))
+    say(f"      base: loss {base['loss']:.3f} after {base['tokens']:,} tokens on {base['languages']} languages"
+        + (" (already complete)" if base.get("skipped") else ""))
 
-    summary = {"run_dir": str(run_dir), "corpus": {"languages": len(stats["languages"])}, "base": base,
+    ec = cfg.experts
+    plan_path = run_dir / "clusters.json"
+    if not plan_path.exists():
+        languages = sorted(json.loads((run_dir / "base" / "summary.json").read_text())["tokens_by_lang"])
+        result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir)
+        write_plan(result, plan_path)
+    plan = json.loads(plan_path.read_text())
+    say(f"[3/{STAGES}] {plan['method']} cluster plan, k={plan['k']}: "
+        + ", ".join(f"{n} ({len(m)})" for n, m in plan["clusters"].items()))
+
+    say(f"[4/{STAGES}] experts: each branched from the base, trained on its cluster only")
+    cards = train_all(run_dir, progress=progress)
+    for c in cards:
+        say(f"      {c['name']:<28} {c['tokens_trained']:>9,} tokens  validation loss {c['validation_loss']:.3f}")
+
+    say(f"[5/{STAGES}] dense baseline at equal compute")
+    dense = train_baseline(run_dir, progress=progress)
+    say(f"      dense: {dense['tokens_trained']:,} tokens, validation loss {dense['validation_loss']:.3f}")
+
+    say(f"[6/{STAGES}] new languages by HMR: {', '.join(cfg.data.exclude_languages) or 'none held out'}")
+    registry = registry_of(run_dir)
+    added = []
+    for lang in cfg.data.exclude_languages:
+        name = f"hmr-{lang}"
+        card = registry.card(name) if name in registry.names() else add_language(
+            run_dir, [lang], ec.hmr_tokens, "auto", name, progress=progress)
+        added.append(card)
+        say(f"      {lang}: parent {card['parent']}"
+            + (f" (typology distance {card['parent_distance']:.3f})" if card.get("parent_distance") is not None else "")
+            + f", validation loss {card['validation_loss']:.3f}")
+
+    summary = {"run_dir": str(run_dir), "corpus": {"languages": len(stats["languages"])},
+               "base": base, "clusters": {n: len(m) for n, m in plan["clusters"].items()},
+               "experts": [{k: c[k] for k in ("name", "tokens_trained", "validation_loss")} for c in cards],
+               "dense": {k: dense[k] for k in ("tokens_trained", "validation_loss")},
+               "hmr": [{k: c[k] for k in ("name", "parent", "validation_loss")} for c in added],
                "seconds": round(time.perf_counter() - t0, 1)}
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"done in {summary['seconds']:.0f} s; run directory {run_dir} "
-        f"(config.yaml, tokenizer/, base/metrics.jsonl, base/loss.png)")
+    say(f"done in {summary['seconds']:.0f} s; run directory {run_dir}: clusters.json and its plots, "
+        f"registry/, baseline/, base/loss.png")
     return summary

@@ -1,0 +1,181 @@
+"""Experts: branch-train, the registry (atomic, concurrent, checksummed), baseline, HMR."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experts.registry import Registry
+from experts.training import add_language, train_baseline
+from xelm.cli import main
+from xelm.errors import XelmError
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def run(tiny_expert_run, tmp_path) -> Path:
+    """A private copy of the tiny expert run, free to change."""
+    shutil.copytree(tiny_expert_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_each_cluster_gets_an_expert_trained_on_its_languages_only(tiny_expert_run, capsys):
+    plan = json.loads((tiny_expert_run / "clusters.json").read_text())
+    reg = Registry(tiny_expert_run / "registry")
+    assert reg.names() == sorted(plan["clusters"])
+    for card in reg.cards():
+        assert card["languages"] == sorted(plan["clusters"][card["name"]])
+        assert set(card["tokens_by_lang"]) <= set(card["languages"])
+        assert card["parent"] == "base" and card["cluster_method"] == "typology"
+        assert card["tokens_trained"] == math.ceil(1024 / 512) * 512
+        assert math.isfinite(card["validation_loss"]) and len(card["typology_centroid"]) > 100
+        assert len(card["checksum"]) == 64
+    assert main(["expert", "list", "--run-dir", str(tiny_expert_run), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in listed] == reg.names() and "languages" in listed[0]
+
+
+def test_loaded_expert_differs_from_base_and_matches_checksum(tiny_expert_run):
+    from xelm.weights import checksum, load_weights
+    reg = Registry(tiny_expert_run / "registry")
+    name = reg.names()[0]
+    model = reg.load(name)
+    assert checksum(model) == reg.card(name)["checksum"]
+    assert checksum(load_weights(tiny_expert_run / "base" / "model")) != reg.card(name)["checksum"]
+
+
+def test_baseline_trains_on_all_languages_for_the_sum_of_expert_tokens(run):
+    summary = train_baseline(run, progress=False)
+    cards = Registry(run / "registry").cards()
+    assert summary["tokens_trained"] == sum(c["tokens_trained"] for c in cards)
+    assert sorted(summary["languages"]) == sorted(lang for c in cards for lang in c["languages"])
+    assert (run / "baseline" / "model" / "model.json").exists()
+    assert train_baseline(run, progress=False)["skipped"]
+
+
+def test_hmr_adds_a_language_without_touching_other_experts(run, capsys):
+    before = tree_hashes(run / "registry")
+    others = {n for n in Registry(run / "registry").names()}
+    assert main(["expert", "add", "--run-dir", str(run), "--languages", "por", "--tokens", "512", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["parent"] in others and card["parent_distance"] > 0
+    assert card["languages"] == ["por"] and card["kind"] == "hmr"
+    after = tree_hashes(run / "registry")
+    for name in others:  # every file of every other expert is byte-identical
+        assert {k: v for k, v in after.items() if k.startswith(name + "/")} == \
+               {k: v for k, v in before.items() if k.startswith(name + "/")}
+    assert Registry(run / "registry").names() == sorted(others | {"hmr-por"})
+
+
+def test_hmr_on_a_users_own_corpus_of_a_language_udhr_lacks(run, udhr):
+    # Bavarian (bar) is not in UDHR: a user brings its text (here German text stands in for it).
+    corpus = run.parent / "bar_corpus"
+    corpus.mkdir()
+    deu = [t for t, lang in zip(udhr["train"]["text"], udhr["train"]["lang"]) if lang == "deu"]
+    (corpus / "bar.txt").write_text("\n".join(t.replace("\n", " ") for t in deu * 2))
+    assert "bar" not in set(udhr["train"]["lang"])
+    card = add_language(run, "bar", 512, corpus=str(corpus), progress=False)
+    assert card["languages"] == ["bar"] and card["corpus"] == str(corpus)
+    assert card["parent"] in Registry(run / "registry").names()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--languages", "xqz"], "unknown language code 'xqz'"),
+    (["--languages", "English"], "malformed language code"),
+    (["--languages", "pdc"], "pdc"),  # a real code with no text in the corpus
+    (["--languages", "por", "--parent", "nobody"], "no expert named 'nobody'"),
+    (["--languages", "por", "--tokens", "0"], "token budget 0"),
+])
+def test_bad_additions_are_clear_errors_and_write_nothing(run, capsys, args, message):
+    before = tree_hashes(run)
+    argv = ["expert", "add", "--run-dir", str(run), "--tokens", "512", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xelm: error:") and message in err and "Traceback" not in err
+    assert tree_hashes(run) == before
+
+
+def test_duplicate_name_and_missing_base_are_refused(run, tmp_path, capsys):
+    name = Registry(run / "registry").names()[0]
+    assert main(["expert", "add", "--run-dir", str(run), "--languages", "por", "--tokens", "512",
+                 "--name", name]) == 2
+    assert "already exists" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare)
+    shutil.rmtree(bare / "base" / "model")
+    assert main(["expert", "add", "--run-dir", str(bare), "--languages", "por", "--tokens", "512",
+                 "--parent", "base"]) == 2
+    assert "no finished base encoder" in capsys.readouterr().err
+
+
+def test_damaged_weights_index_and_newer_format_are_reported(run, capsys):
+    reg = Registry(run / "registry")
+    name = reg.names()[0]
+    data_files = [p for p in (run / "registry" / name / "weights" / "params").rglob("*")
+                  if p.is_file() and p.stat().st_size > 1000]
+    for f in data_files:  # flip bytes in the middle of every tensor file
+        raw = bytearray(f.read_bytes())
+        raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+        f.write_bytes(bytes(raw))
+    with pytest.raises(XelmError, match=name):
+        reg.load(name)
+    shutil.rmtree(run / "registry" / name / "weights")
+    with pytest.raises(XelmError, match=name):
+        reg.load(name)
+    index = run / "registry" / "index.json"
+    good = index.read_text()
+    index.write_text(good[: len(good) // 2])
+    assert main(["expert", "list", "--run-dir", str(run)]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert main(["expert", "list", "--run-dir", str(run), "--repair", "--json"]) == 0
+    assert [c["name"] for c in json.loads(capsys.readouterr().out)] == sorted(json.loads(good)["experts"])
+    assert Registry(run / "registry").names() == sorted(json.loads(good)["experts"])
+    index.write_text(json.dumps({**json.loads(good), "format": 99}))
+    with pytest.raises(XelmError, match="newer xelm"):
+        reg.names()
+
+
+def test_remove_deletes_an_expert(run):
+    reg = Registry(run / "registry")
+    name = reg.names()[0]
+    assert main(["expert", "remove", name, "--run-dir", str(run)]) == 0
+    assert name not in reg.names() and not (run / "registry" / name).exists()
+    with pytest.raises(XelmError, match="no expert named"):
+        reg.card(name)
+
+
+WRITER = """
+import sys
+from flax import nnx
+from experts.registry import Registry
+from xelm.config import ModelConfig
+from xelm.model import Encoder
+root, prefix = sys.argv[1], sys.argv[2]
+model = Encoder(ModelConfig(vocab_size=64, hidden=16, layers=1, heads=2, ffn=32), rngs=nnx.Rngs(0))
+for i in range(4):
+    Registry(root).add({"name": f"{prefix}-{i}", "languages": ["eng"], "parent": "base"}, model)
+"""
+
+
+def test_two_processes_registering_at_once_both_land(tmp_path):
+    root = tmp_path / "registry"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), p], stderr=subprocess.PIPE, text=True)
+             for p in ("a", "b")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
+    reg = Registry(root)
+    assert reg.names() == sorted(f"{p}-{i}" for p in "ab" for i in range(4))
+    for name in reg.names():
+        reg.load(name)  # every checkpoint complete and matching its card
+    assert not [p for p in root.iterdir() if p.name.startswith(".staging") or p.suffix == ".tmp"]

@@ -28,8 +28,12 @@ def cmd_train(args) -> int:
     if args.all == bool(args.cluster):
         from xelm.errors import XelmError
         raise XelmError("give exactly one of --cluster NAME or --all")
-    cards = (train_all(args.run_dir, args.tokens, args.registry, progress=not args.json) if args.all
-             else [train_expert(args.run_dir, args.cluster, args.tokens, args.registry, progress=not args.json)])
+    if args.all and args.jobs > 1:
+        cards = train_parallel(args.run_dir, args.tokens, args.registry, args.jobs)
+    elif args.all:
+        cards = train_all(args.run_dir, args.tokens, args.registry, progress=not args.json)
+    else:
+        cards = [train_expert(args.run_dir, args.cluster, args.tokens, args.registry, progress=not args.json)]
     if args.json:
         _print_json(cards)
     else:
@@ -37,6 +41,33 @@ def cmd_train(args) -> int:
         for c in cards:
             print(_line(c) + ("  (already registered)" if c.get("skipped") else ""))
     return 0
+
+
+def train_parallel(run_dir: Path, tokens: int | None, registry: str | None, jobs: int) -> list[dict]:
+    """Each cluster's expert as its own process, ``jobs`` at a time; logs in DIR/experts/<name>/."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experts.training import load_plan, registry_of
+    from xelm.errors import XelmError
+
+    def one(name: str) -> tuple[str, int]:
+        log = Path(run_dir) / "experts" / name / "train.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "xelm", "expert", "train", "--run-dir", str(run_dir), "--cluster", name,
+               *(["--tokens", str(tokens)] if tokens else []), *(["--registry", registry] if registry else [])]
+        with open(log, "w") as f:
+            return name, subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+
+    names = list(load_plan(run_dir)["clusters"])
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [(n, rc) for n, rc in pool.map(one, names) if rc != 0]
+    if failed:
+        raise XelmError("expert job(s) failed: " + ", ".join(
+            f"{n} (exit {rc}, log {Path(run_dir) / 'experts' / n / 'train.log'})" for n, rc in failed))
+    reg = registry_of(run_dir, registry)
+    return [reg.card(n) for n in names]
 
 
 def cmd_add(args) -> int:
@@ -119,6 +150,8 @@ def register(sub) -> None:
     p.add_argument("--cluster", help="a cluster name from DIR/clusters.json")
     p.add_argument("--all", action="store_true", help="every cluster, one after another")
     p.add_argument("--tokens", type=int, help="token budget per expert (default: experts.tokens)")
+    p.add_argument("--jobs", type=int, default=1, help="with --all: train this many experts at once, "
+                   "each in its own process")
     p.set_defaults(func=cmd_train)
     p = ex.add_parser("add", help="add an expert for new languages without retraining others (HMR)")
     common(p)

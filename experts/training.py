@@ -150,6 +150,32 @@ def train_baseline(run_dir: str | Path, registry: str | None = None, progress: b
     return summary
 
 
+def load_dense(run_dir: str | Path) -> Encoder:
+    path = Path(run_dir) / "baseline" / "model"
+    if not (path / "model.json").exists():
+        raise XelmError(f"no dense baseline in {run_dir}: run `xelm baseline --run-dir {run_dir}` first")
+    return load_weights(path, name="the dense baseline")
+
+
+def train_control(run_dir: str | Path, language: str, parent: str, tokens: int, progress: bool = True) -> dict:
+    """A comparison model for a new language at the HMR expert's budget: the base branched on it
+    (``parent='base'``) or the dense baseline continued on it (``parent='dense'``). Saved under
+    ``DIR/controls/<parent>-<language>``, not registered: it is a yardstick, not an expert."""
+    run_dir = Path(run_dir)
+    out = run_dir / "controls" / f"{parent}-{language}"
+    if (out / "summary.json").exists() and (out / "model" / "model.json").exists():
+        return {**json.loads((out / "summary.json").read_text()), "skipped": True}
+    model = {"base": load_base, "dense": load_dense}[parent](run_dir)
+    result, _, val, _ = _train_copy(run_dir, model, [language], tokens, out, None, progress,
+                                    f"{parent}+{language}")
+    save_weights(result.model, out / "model")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    summary = {"name": out.name, "parent": parent, "languages": [language], "tokens_trained": result.tokens,
+               "train_loss": result.loss, "validation_loss": val}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, parent: str = "auto",
                  name: str | None = None, corpus: str | None = None, registry: str | None = None,
                  progress: bool = True) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experts.registry import Registry
-from experts.training import add_language, train_baseline
+from experts.training import add_language, train_baseline, train_control
 from xelm.cli import main
 from xelm.errors import XelmError
 
@@ -62,6 +62,12 @@ def test_baseline_trains_on_all_languages_for_the_sum_of_expert_tokens(run):
     assert sorted(summary["languages"]) == sorted(lang for c in cards for lang in c["languages"])
     assert (run / "baseline" / "model" / "model.json").exists()
     assert train_baseline(run, progress=False)["skipped"]
+    # The yardsticks for a new language at the HMR budget: base branched, dense continued.
+    for parent in ("base", "dense"):
+        control = train_control(run, "por", parent, 512, progress=False)
+        assert control["tokens_trained"] == 512 and control["languages"] == ["por"]
+        assert (run / "controls" / f"{parent}-por" / "model" / "model.json").exists()
+    assert "por" not in {lang for c in Registry(run / "registry").cards() for lang in c["languages"]}
 
 
 def test_hmr_adds_a_language_without_touching_other_experts(run, capsys):

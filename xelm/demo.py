@@ -1,7 +1,8 @@
 """``xelm demo``: the main job on the embedded corpus, every stage skipped once complete.
 
 corpus -> tokenizer -> base (mmBERT curriculum) -> cluster plan -> experts -> equal-compute
-dense baseline -> HMR experts for the held-out languages.
+dense baseline -> HMR experts for the held-out languages, with two yardsticks each at equal tokens
+(an expert branched from the base, and the dense model continued on the language).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
              progress: bool = True) -> dict:
     from clustering.cli import build_plan
     from clustering.planning import write_plan
-    from experts.training import add_language, registry_of, train_all, train_baseline
+    from experts.training import add_language, registry_of, train_all, train_baseline, train_control
 
     config = Path(config) if config else DEFAULT_CONFIG
     if not config.is_file():
@@ -69,9 +70,11 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
         card = registry.card(name) if name in registry.names() else add_language(
             run_dir, [lang], ec.hmr_tokens, "auto", name, progress=progress)
         added.append(card)
+        controls = {p: train_control(run_dir, lang, p, ec.hmr_tokens, progress) for p in ("base", "dense")}
         say(f"      {lang}: parent {card['parent']}"
             + (f" (typology distance {card['parent_distance']:.3f})" if card.get("parent_distance") is not None else "")
-            + f", validation loss {card['validation_loss']:.3f}")
+            + f"; validation loss HMR {card['validation_loss']:.3f}, from base "
+              f"{controls['base']['validation_loss']:.3f}, dense continued {controls['dense']['validation_loss']:.3f}")
 
     summary = {"run_dir": str(run_dir), "corpus": {"languages": len(stats["languages"])},
                "base": base, "clusters": {n: len(m) for n, m in plan["clusters"].items()},

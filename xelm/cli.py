@@ -116,6 +116,22 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from xelm.evaluate import evaluate
+
+    m = evaluate(args.run_dir, progress=not args.json)
+    if args.json:
+        _print_json(m)
+        return 0
+    s = m["summary"]
+    print(f"X-ELM ({m['headline']['ensemble']}) beats the equal-compute dense model on "
+          f"{s['improved_fraction']:.1%} of {s['languages']} languages; mean Δ loss {s['mean_delta_loss']:+.3f}")
+    for name, loss in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9):
+        print(f"  {name:<22}{loss:.3f}")
+    print(f"report: {args.run_dir / 'report' / 'report.md'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from xelm.demo import run_demo
 
@@ -168,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     from experts.cli import register as register_experts
     register_cluster(sub)
     register_experts(sub)
+    from xelm.hf_cli import register as register_hf; register_hf(sub)  # noqa: E702 (import-hf, export-hf)
+
+    s = sub.add_parser("evaluate", help="per-language held-out loss, transfer, routing; writes DIR/report/")
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("demo", help="the main job: every stage on the embedded corpus, resumable")
     s.add_argument("--config", type=Path, default=None, help="default: configs/udhr-demo.yaml")

@@ -1,0 +1,210 @@
+"""``xelm evaluate``: the X-ELM comparison at equal compute, per language, on held-out text.
+
+Losses are masked-LM nats per masked token on the test split, with the same deterministic masks
+for every model (``routing.scoring``). The headline X-ELM ensemble is fixed in advance — TF-IDF
+routing, top-1 — so the test split is never used to choose between configurations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xelm.errors import XelmError
+
+HEADLINE = ("tfidf", 1)
+
+
+def _per_language(langs: list[str], loss: np.ndarray, count: np.ndarray) -> dict[str, float]:
+    """Token-weighted mean loss per language."""
+    tot, n = defaultdict(float), defaultdict(float)
+    for lang, l, c in zip(langs, loss, count):
+        if c > 0 and np.isfinite(l):
+            tot[lang] += l * c
+            n[lang] += c
+    return {lang: tot[lang] / n[lang] for lang in tot}
+
+
+def _stage_of(cfg, lang: str) -> str:
+    """Resource level: the curriculum stage in which the language joined pre-training."""
+    for stage in cfg.curriculum:
+        if stage.languages == "all" or lang in stage.languages:
+            return stage.name
+    return cfg.curriculum[-1].name
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else None
+
+
+def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
+             progress: bool = True) -> dict:
+    """Score every model on the test split; write ``DIR/report/metrics.json`` and the report."""
+    from experts.training import load_base, load_dense, load_plan, registry_of
+    from routing import XELM
+    from routing.scoring import score_model
+    from xelm.data import load_corpus
+    from xelm.rundir import load_run_config
+    from xelm.tokenizer import load_tokenizer
+    from xelm.weights import load_weights
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    plan = load_plan(run_dir)
+    tok = load_tokenizer(run_dir / "tokenizer")
+    cards = registry_of(run_dir).cards()
+    own = {lang: c["name"] for c in cards if c.get("kind") == "cluster" for lang in c["languages"]}
+    hmr = {c["languages"][0]: c for c in cards if c.get("kind") == "hmr" and len(c["languages"]) == 1}
+    if not own:
+        raise XelmError(f"no cluster experts in {run_dir / 'registry'}: run `xelm expert train --all` first")
+    test = load_corpus(cfg.data.corpus, languages=None)["test"]
+    keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
+    test = test.select(keep)
+    texts, langs = list(test["text"]), list(test["lang"])
+    if not texts:
+        raise XelmError("the test split has no text in the experts' languages")
+    say = tqdm.write if progress else (lambda *a: None)
+
+    xelm = XELM.from_run(run_dir)
+    scores: dict[str, np.ndarray] = {}
+    _, count = xelm.score(texts, router="language", top_k=1, lang=langs, return_counts=True)
+    steps = [("base", lambda: score_model(load_base(run_dir), tok, texts)),
+             ("dense", lambda: score_model(load_dense(run_dir), tok, texts))]
+    for r in routers:
+        for k in top_ks:
+            steps.append((f"xelm:{r}@{k}", lambda r=r, k=k: xelm.score(
+                texts, router=r, top_k=k, lang=langs if r == "language" else None)))
+    for name, fn in tqdm(steps, desc="evaluate", disable=not progress):
+        scores[name] = fn()
+    # Each language's own expert alone (HMR languages: their HMR expert).
+    own_loss = np.full(len(texts), np.nan)
+    for expert in sorted({*own.values(), *(c["name"] for c in hmr.values())}):
+        rows = [i for i, lang in enumerate(langs) if own.get(lang) == expert or
+                (lang in hmr and hmr[lang]["name"] == expert)]
+        if rows:
+            own_loss[rows] = score_model(xelm.pool.get(expert), tok, [texts[i] for i in rows])
+    scores["own_expert"] = own_loss
+
+    per_lang = {name: _per_language(langs, s, count) for name, s in scores.items()}
+    headline = f"xelm:{HEADLINE[0]}@{HEADLINE[1]}"
+    seen = sorted(lang for lang in per_lang["dense"] if lang in own)
+    deltas = {lang: per_lang[headline][lang] - per_lang["dense"][lang] for lang in seen}
+    cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
+    by_level, by_cluster = defaultdict(list), defaultdict(list)
+    for lang, d in deltas.items():
+        by_level[_stage_of(cfg, lang)].append(d)
+        by_cluster[cluster_of.get(lang, own[lang])].append(d)
+
+    # New languages: HMR vs base-branched vs dense-continued at equal tokens (+ untouched models).
+    new_langs = {}
+    for lang, card in sorted(hmr.items()):
+        rows = [i for i, lg in enumerate(langs) if lg == lang]
+        if not rows:
+            continue
+        sub = [texts[i] for i in rows]
+        entry = {"hmr": per_lang["own_expert"].get(lang), "parent": card["parent"],
+                 "tokens": card["tokens_trained"], "base": per_lang["base"].get(lang),
+                 "dense": per_lang["dense"].get(lang)}
+        for parent in ("base", "dense"):
+            path = run_dir / "controls" / f"{parent}-{lang}" / "model"
+            if (path / "model.json").exists():
+                loss = score_model(load_weights(path), tok, sub)
+                entry[f"{parent}_continued"] = _per_language([lang] * len(sub), loss, count[rows]).get(lang)
+        new_langs[lang] = entry
+
+    routing = _routing_accuracy(xelm, texts, langs, own)
+    transfer = _transfer(run_dir, cfg, xelm, tok, load_dense, set(own))
+    compute = _compute(run_dir, cards)
+    metrics = {
+        "headline": {"ensemble": headline, "why": "fixed in advance (c-BTM / X-ELM inference routing); "
+                     "the test split chooses nothing"},
+        "summary": {
+            "languages": len(seen),
+            "improved_fraction": float(np.mean([d < 0 for d in deltas.values()])) if deltas else None,
+            "mean_delta_loss": _mean(deltas.values()),
+            "by_resource_level": {k: {"languages": len(v), "mean_delta_loss": _mean(v),
+                                      "improved_fraction": float(np.mean([d < 0 for d in v]))}
+                                  for k, v in by_level.items()},
+            "by_cluster": {k: {"languages": len(v), "mean_delta_loss": _mean(v),
+                               "improved_fraction": float(np.mean([d < 0 for d in v]))}
+                           for k, v in sorted(by_cluster.items())},
+            "mean_loss": {name: _mean(v.get(lang) for lang in seen) for name, v in per_lang.items()},
+        },
+        "languages": {lang: {**{name: v.get(lang) for name, v in per_lang.items()},
+                             "expert": own.get(lang) or hmr[lang]["name"], "cluster": cluster_of.get(lang),
+                             "resource_level": _stage_of(cfg, lang), "texts": langs.count(lang)}
+                      for lang in sorted(set(langs))},
+        "new_languages": new_langs,
+        "routing": routing,
+        "transfer": transfer,
+        "compute": compute,
+    }
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    from xelm.report import write_report
+    write_report(run_dir, metrics)
+    say(f"report: {out / 'report.md'}")
+    return metrics
+
+
+def _routing_accuracy(xelm, texts, langs, own) -> dict:
+    """Share of test texts whose top-1 expert is the one trained on their language, and the
+    confusion counts (rows: the right expert, columns: the chosen one)."""
+    rows = [i for i, lang in enumerate(langs) if lang in own]
+    sub, truth = [texts[i] for i in rows], [own[langs[i]] for i in rows]
+    out = {}
+    for router in ("tfidf", "posterior", "langid"):
+        r = xelm.route(sub, router=router, top_k=1)
+        chosen = [r.names[int(np.argmax(w))] for w in r.weights]
+        names = sorted(set(truth) | set(chosen))
+        conf = np.zeros((len(names), len(names)), int)
+        for t, c in zip(truth, chosen):
+            conf[names.index(t), names.index(c)] += 1
+        out[router] = {"top1_accuracy": float(np.mean([t == c for t, c in zip(truth, chosen)])),
+                       "experts": names, "confusion": conf.tolist()}
+    return out
+
+
+def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
+    """Zero-shot article classification and retrieval on held-out articles: dense vs X-ELM."""
+    from xelm.data import load_corpus
+    from xelm.embed import embed_texts
+    from xelm.transfer import article_classification, retrieval
+
+    corpus = load_corpus(cfg.data.corpus)
+    rows: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for split in ("validation", "test"):
+        part = corpus[split]
+        for lang, unit, text in zip(part["lang"], part["unit"], part["text"]):
+            if lang in languages or lang == "eng":
+                rows[lang][0].append(unit)
+                rows[lang][1].append(text)
+    rows = dict(rows)
+    if "eng" not in rows:
+        return {"skipped": "no English text to train the probe on"}
+    dense = load_dense(run_dir)
+    embedders = {
+        "dense": lambda t, lang: embed_texts(dense, tok, t),
+        "xelm": lambda t, lang: xelm.embed(t, router=HEADLINE[0], top_k=HEADLINE[1]),
+    }
+    out = {}
+    for name, fn in embedders.items():
+        out[name] = {"classification": article_classification(fn, rows), "retrieval": retrieval(fn, rows)}
+    for task in ("classification", "retrieval"):
+        out[f"mean_{task}"] = {name: _mean(out[name][task].values()) for name in embedders}
+    return out
+
+
+def _compute(run_dir: Path, cards: list[dict]) -> dict:
+    base = json.loads((run_dir / "base" / "summary.json").read_text())
+    dense = json.loads((run_dir / "baseline" / "summary.json").read_text())
+    experts = {c["name"]: c["tokens_trained"] for c in cards if c.get("kind") == "cluster"}
+    return {"base_tokens": base["tokens"], "dense_tokens": dense["tokens_trained"],
+            "expert_tokens": experts, "experts_total": sum(experts.values()),
+            "equal": sum(experts.values()) == dense["tokens_trained"]}

@@ -1,0 +1,182 @@
+"""The evaluation report: Markdown tables and PNG plots from ``metrics.json``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _fmt(x, pct: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.1%}" if pct else f"{x:.3f}"
+
+
+def distance_from_cluster(metrics: dict) -> dict[str, float]:
+    """Each language's mean typological distance to the other languages of its cluster."""
+    from clustering.typology import typology_distances
+    from experts.typology import _proxies
+
+    clusters = defaultdict(list)
+    for lang, row in metrics["languages"].items():
+        if row.get("cluster"):
+            clusters[row["cluster"]].append(lang)
+    out = {}
+    for members in clusters.values():
+        if len(members) < 2:
+            continue
+        proxy = _proxies(members, None)
+        d = typology_distances([proxy[m] for m in members])
+        for i, lang in enumerate(members):
+            out[lang] = float(np.delete(d[i], i).mean())
+    return out
+
+
+def plot_losses(metrics: dict, path: Path) -> Path:
+    head = metrics["headline"]["ensemble"]
+    rows = [(lang, r["dense"], r[head]) for lang, r in metrics["languages"].items()
+            if r.get("dense") is not None and r.get(head) is not None and r.get("cluster")]
+    rows.sort(key=lambda r: r[2] - r[1])
+    fig, ax = plt.subplots(figsize=(10, 4))
+    x = np.arange(len(rows))
+    ax.plot(x, [r[1] for r in rows], ".", ms=3, label="dense (equal compute)")
+    ax.plot(x, [r[2] for r in rows], ".", ms=3, label=f"X-ELM ({head})")
+    ax.set_xlabel("languages, sorted by X-ELM − dense")
+    ax.set_ylabel("test masked-LM loss")
+    ax.set_title("Per-language held-out loss: dense vs X-ELM")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path: Path) -> Path:
+    head = metrics["headline"]["ensemble"]
+    xs, ys = [], []
+    for lang, d in distance.items():
+        r = metrics["languages"][lang]
+        if r.get("dense") is not None and r.get(head) is not None:
+            xs.append(d)
+            ys.append(r["dense"] - r[head])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(xs, ys, s=8, alpha=0.6)
+    ax.axhline(0, color="grey", lw=0.8)
+    if len(xs) > 2:
+        slope, icept = np.polyfit(xs, ys, 1)
+        grid = np.linspace(min(xs), max(xs), 10)
+        ax.plot(grid, slope * grid + icept, color="C1", label=f"slope {slope:.2f}")
+        ax.legend()
+    ax.set_xlabel("typological distance from the rest of its cluster")
+    ax.set_ylabel("dense − X-ELM loss (positive: X-ELM better)")
+    ax.set_title("Improvement against typological distance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(routing: dict, path: Path) -> Path:
+    names, conf = routing["experts"], np.array(routing["confusion"], float)
+    conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1 + 0.5 * len(names)))
+    im = ax.imshow(conf, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("expert chosen (TF-IDF, top-1)")
+    ax.set_ylabel("expert of the text's language")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    ax.set_title("Routing confusion (rows sum to 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
+    from clustering import uriel
+
+    fam = {}
+    for lang in transfer["dense"]["classification"]:
+        chain = uriel.family_path(lang) if uriel.has_uriel(lang) else []
+        fam[lang] = chain[0] if chain else "other"
+    counts = defaultdict(int)
+    for f in fam.values():
+        counts[f] += 1
+    top = [f for f, _ in sorted(counts.items(), key=lambda kv: -kv[1])[:10]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.4
+    for j, model in enumerate(("dense", "xelm")):
+        acc = transfer[model]["classification"]
+        vals = [np.mean([acc[lang] for lang in acc if fam[lang] == f]) for f in top]
+        ax.bar(np.arange(len(top)) + (j - 0.5) * width, vals, width, label=model)
+    ax.set_xticks(range(len(top)), [f"{f} ({counts[f]})" for f in top], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("zero-shot article classification accuracy")
+    ax.set_title("Cross-lingual transfer from English, by language family")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path, metrics: dict) -> Path:
+    out = Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    s, head = metrics["summary"], metrics["headline"]["ensemble"]
+    plots = {"losses": plot_losses(metrics, out / "loss_by_language.png"),
+             "distance": plot_improvement_vs_distance(metrics, distance_from_cluster(metrics),
+                                                      out / "improvement_vs_distance.png"),
+             "confusion": plot_confusion(metrics["routing"]["tfidf"], out / "routing_confusion.png")}
+    if "dense" in metrics["transfer"]:
+        plots["transfer"] = plot_transfer_by_family(metrics["transfer"], out / "transfer_by_family.png")
+    c = metrics["compute"]
+    lines = [
+        "# X-ELM report", "",
+        f"Held-out masked-LM loss on the test split (UDHR articles 28–30), {s['languages']} languages, "
+        f"same masks for every model. Headline ensemble: **{head}** ({metrics['headline']['why']}).", "",
+        "## Headline", "",
+        f"- X-ELM beats the dense model on **{_fmt(s['improved_fraction'], True)}** of languages; "
+        f"mean loss difference (X-ELM − dense) **{_fmt(s['mean_delta_loss'])}**.",
+        f"- Compute: dense {c['dense_tokens']:,} tokens vs experts {c['experts_total']:,} in total "
+        f"({'equal' if c['equal'] else 'NOT equal'}), both on top of the base's {c['base_tokens']:,}.", "",
+        "## Mean loss by model", "", "| model | mean loss |", "|---|---|",
+        *[f"| {name} | {_fmt(v)} |" for name, v in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9)],
+        "", "## By resource level (the curriculum stage a language joined)", "",
+        "| level | languages | improved | mean Δ |", "|---|---|---|---|",
+        *[f"| {k} | {v['languages']} | {_fmt(v['improved_fraction'], True)} | {_fmt(v['mean_delta_loss'])} |"
+          for k, v in s["by_resource_level"].items()],
+        "", "## By cluster", "", "| cluster | languages | improved | mean Δ |", "|---|---|---|---|",
+        *[f"| {k} | {v['languages']} | {_fmt(v['improved_fraction'], True)} | {_fmt(v['mean_delta_loss'])} |"
+          for k, v in s["by_cluster"].items()],
+        "", f"![per-language loss]({plots['losses'].name})", "",
+        f"![improvement vs distance]({plots['distance'].name})", "",
+        "## New languages (HMR) at equal tokens", "",
+        "| language | parent | HMR expert | base branched | dense continued | base | dense |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {lang} | {r['parent']} | {_fmt(r.get('hmr'))} | {_fmt(r.get('base_continued'))} | "
+          f"{_fmt(r.get('dense_continued'))} | {_fmt(r.get('base'))} | {_fmt(r.get('dense'))} |"
+          for lang, r in metrics["new_languages"].items()],
+        "", "## Routing", "", "| router | top-1 on the text's own expert |", "|---|---|",
+        *[f"| {k} | {_fmt(v['top1_accuracy'], True)} |" for k, v in metrics["routing"].items()],
+        "", f"![routing confusion]({plots['confusion'].name})", "",
+    ]
+    t = metrics["transfer"]
+    if "dense" in t:
+        lines += ["## Zero-shot cross-lingual transfer (held-out articles 25–30)", "",
+                  "| task | dense | X-ELM |", "|---|---|---|",
+                  f"| article classification (probe trained on English) | {_fmt(t['mean_classification']['dense'], True)} "
+                  f"| {_fmt(t['mean_classification']['xelm'], True)} |",
+                  f"| retrieval of the English article | {_fmt(t['mean_retrieval']['dense'], True)} "
+                  f"| {_fmt(t['mean_retrieval']['xelm'], True)} |", "",
+                  f"![transfer by family]({plots['transfer'].name})", ""]
+    lines += ["Per-language numbers: `metrics.json` (`languages.{iso}`)."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

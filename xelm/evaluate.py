@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from xelm.errors import XelmError
 
 HEADLINE = ("tfidf", 1)
+MAX_LEN = 128  # texts are paragraphs; longer ones are cut here (short rows keep scoring cheap)
 
 
 def _per_language(langs: list[str], loss: np.ndarray, count: np.ndarray) -> dict[str, float]:
@@ -65,16 +66,21 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     test = load_corpus(cfg.data.corpus, languages=None)["test"]
     keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
     test = test.select(keep)
-    texts, langs = list(test["text"]), list(test["lang"])
+    texts, langs = [], []  # one text per paragraph: short, and each a natural unit of the article
+    for lang, text in zip(test["lang"], test["text"]):
+        for para in text.split("\n"):
+            if para.strip():
+                texts.append(para)
+                langs.append(lang)
     if not texts:
         raise XelmError("the test split has no text in the experts' languages")
     say = tqdm.write if progress else (lambda *a: None)
 
-    xelm = XELM.from_run(run_dir)
+    xelm = XELM.from_run(run_dir, max_len=MAX_LEN)
     scores: dict[str, np.ndarray] = {}
     _, count = xelm.score(texts, router="language", top_k=1, lang=langs, return_counts=True)
-    steps = [("base", lambda: score_model(load_base(run_dir), tok, texts)),
-             ("dense", lambda: score_model(load_dense(run_dir), tok, texts))]
+    steps = [("base", lambda: score_model(load_base(run_dir), tok, texts, max_len=MAX_LEN)),
+             ("dense", lambda: score_model(load_dense(run_dir), tok, texts, max_len=MAX_LEN))]
     for r in routers:
         for k in top_ks:
             steps.append((f"xelm:{r}@{k}", lambda r=r, k=k: xelm.score(
@@ -87,7 +93,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
         rows = [i for i, lang in enumerate(langs) if own.get(lang) == expert or
                 (lang in hmr and hmr[lang]["name"] == expert)]
         if rows:
-            own_loss[rows] = score_model(xelm.pool.get(expert), tok, [texts[i] for i in rows])
+            own_loss[rows] = score_model(xelm.pool.get(expert), tok, [texts[i] for i in rows], max_len=MAX_LEN)
     scores["own_expert"] = own_loss
 
     per_lang = {name: _per_language(langs, s, count) for name, s in scores.items()}
@@ -113,7 +119,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
         for parent in ("base", "dense"):
             path = run_dir / "controls" / f"{parent}-{lang}" / "model"
             if (path / "model.json").exists():
-                loss = score_model(load_weights(path), tok, sub)
+                loss = score_model(load_weights(path), tok, sub, max_len=MAX_LEN)
                 entry[f"{parent}_continued"] = _per_language([lang] * len(sub), loss, count[rows]).get(lang)
         new_langs[lang] = entry
 
@@ -190,7 +196,7 @@ def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
         return {"skipped": "no English text to train the probe on"}
     dense = load_dense(run_dir)
     embedders = {
-        "dense": lambda t, lang: embed_texts(dense, tok, t),
+        "dense": lambda t, lang: embed_texts(dense, tok, t, max_len=MAX_LEN),
         "xelm": lambda t, lang: xelm.embed(t, router=HEADLINE[0], top_k=HEADLINE[1]),
     }
     out = {}

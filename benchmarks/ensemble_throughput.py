@@ -1,13 +1,15 @@
 """Ensemble throughput, side by side: one dense model; the top-1 routed ensemble (routing
 included); all experts through the stacked compiled call vs a Python loop over them.
 
-    python benchmarks/ensemble_throughput.py --run-dir runs/demo [--texts 512] [--batch-tokens 32]
+    python benchmarks/ensemble_throughput.py --run-dir runs/demo [--texts 512] [--rounds 3]
 
-Texts are a fixed sample of the run corpus's text in the experts' languages; every timing is
-the best of ``--repeats`` runs after a warm-up run (compilation excluded). Goals: top-1
-routed >= 0.9x dense; stacked >= 1.5x the loop. The stacked call is timed both ways it can
-run (vmap; experts one by one inside the call, what big CPU batches use) and for single-text
-queries, where per-call overhead matters most.
+Texts are a fixed sample of the run corpus's text in the experts' languages, scored as
+masked-LM (``XELM.score``). Each case runs once to warm up (compilation, loading), then the
+cases take turns for ``--rounds`` rounds and each keeps its best time, so a machine whose
+load changes meanwhile treats them alike. Goals: top-1 routed >= 0.9x dense; stacked >= 1.5x
+the loop. The stacked call is timed both ways it can run (vmap over experts; experts one by
+one inside the same call, what big CPU batches use) and for one text per call, where
+per-call overhead matters most.
 """
 
 from __future__ import annotations
@@ -19,22 +21,24 @@ from pathlib import Path
 import numpy as np
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: compiles, loads and caches
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def time_cases(cases: dict, rounds: int) -> dict[str, float]:
+    for fn in cases.values():
+        fn()  # warm-up: compiles, loads and caches
+    best = {name: float("inf") for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, required=True, help="a run with experts (and ideally a baseline)")
     p.add_argument("--texts", type=int, default=512)
-    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per call")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per compiled call")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--router", default="tfidf")
     p.add_argument("--routed-only", action="store_true", help="time only the dense model and the routed ensemble")
     args = p.parse_args()
@@ -51,81 +55,69 @@ def main() -> None:
     from xelm.weights import load_weights
 
     xelm = XELM.from_run(args.run_dir, batch_tokens=args.batch_tokens)
+    tok, e = xelm.tokenizer, len(xelm.names)
     langs = sorted({lang for c in xelm.cards for lang in c["languages"]})
     texts = [t for split in ("train", "validation", "test") for t in corpus_split(args.run_dir, split, langs)["text"]]
     texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:args.texts]]
-    tok = xelm.tokenizer
-    n_tokens = sum(len(s) for s in prepare(tok, texts, xelm.max_len)[0])
-    baseline = args.run_dir / "baseline" / "model"
-    dense = load_weights(baseline) if (baseline / "model.json").exists() else load_base(args.run_dir)
-    dense_name = "dense baseline" if (baseline / "model.json").exists() else "base encoder"
-    e = len(xelm.names)
-    print(f"{jax.default_backend()} ({jax.device_count()} device(s)); {len(texts)} texts, {n_tokens:,} tokens; "
-          f"{e} experts; {args.batch_tokens} tokens a batch; masked-LM scoring, best of {args.repeats}")
-
-    rows = []
-
-    def report(label: str, seconds: float, reference: float | None = None, goal: str = ""):
-        ratio = f"{reference / seconds:5.2f}x" if reference else ""
-        rows.append(f"{label:<46}{len(texts) / seconds:>10.1f}{n_tokens / seconds:>12.0f}  {ratio:>7}  {goal}")
-
-    t_dense = best_time(lambda: score_model(dense, tok, texts, args.batch_tokens, xelm.max_len), args.repeats)
-    report(f"one dense model ({dense_name})", t_dense)
-    t_top1 = best_time(lambda: xelm.score(texts, router=args.router, top_k=1), args.repeats)
-    report(f"top-1 routed ensemble ({args.router} routing incl.)", t_top1, t_dense, "vs dense (goal >= 0.90x)")
-    t_route = best_time(lambda: xelm.route(texts, router=args.router, top_k=1), args.repeats)
-    report(f"  of which routing alone ({args.router})", t_route)
-
-    if args.routed_only:
-        return print_rows(rows)
-
-    # All experts on every text: one vmapped call per batch vs one call per expert per batch.
     seqs, masks = prepare(tok, texts, xelm.max_len)
-    graphdef, stacked = xelm.pool.stacked(tuple(xelm.names))
-    singles = [stack_states([nnx.split(xelm.pool.get(n))[1]]) for n in xelm.names]
-    uniform = np.full((len(texts), e), 1.0 / e)
-    all_batches = list(batches(seqs, masks, tok.mask_token_id, tok.pad_token_id, args.batch_tokens, xelm.max_len))
+    n_tokens = sum(len(s) for s in seqs)
+    baseline = args.run_dir / "baseline" / "model"
+    has_baseline = (baseline / "model.json").exists()
+    dense = load_weights(baseline) if has_baseline else load_base(args.run_dir)
+    print(f"{jax.default_backend()} ({jax.device_count()} device(s)); {len(texts)} texts, {n_tokens:,} tokens; "
+          f"{e} experts; {args.batch_tokens} padded tokens per call; best of {args.rounds} interleaved rounds")
 
-    def run(states_list, one_by_one):
-        total = np.zeros(len(texts))
-        for b in all_batches:
-            how = sequential(b.ids) if one_by_one is None else one_by_one
-            lp_ExBxK = np.concatenate([np.asarray(label_logprobs(graphdef, how, s, *b.arrays()[:5]))
-                                       for s in states_list])
-            mix_BxK = np.asarray(mixture_logprobs(lp_ExBxK, np.log(uniform[:len(b.ids)])))
-            total[b.rows] = -(mix_BxK * b.mask_weights).sum(1)[:len(b.rows)]
-        return total
+    dense_name = f"one dense model ({'dense baseline' if has_baseline else 'base encoder'})"
+    routed_name = f"top-1 routed ensemble ({args.router}, routing incl.)"
+    routing_name = f"  of which routing alone ({args.router})"
+    cases = {dense_name: lambda: score_model(dense, tok, texts, args.batch_tokens, xelm.max_len),
+             routed_name: lambda: xelm.score(texts, router=args.router, top_k=1),
+             routing_name: lambda: xelm.route(texts, router=args.router, top_k=1)}
+    ratios = {routed_name: (dense_name, "vs dense (goal >= 0.90x)")}
 
-    reference = mixture_nll(graphdef, stacked, uniform, seqs, masks, tok, args.batch_tokens, xelm.max_len)[0]
-    assert np.allclose(reference, run(singles, False), rtol=1e-4, atol=1e-3), "stacked and loop disagree"
-    t_loop = best_time(lambda: run(singles, False), args.repeats)
-    report(f"all {e} experts, Python loop over experts", t_loop)
-    report(f"all {e} experts, stacked: vmap", best_time(lambda: run([stacked], False), args.repeats), t_loop,
-           "vs loop (goal >= 1.50x)")
-    report(f"all {e} experts, stacked: one by one in the call", best_time(lambda: run([stacked], True), args.repeats),
-           t_loop, "vs loop")
-    report(f"all {e} experts, stacked: as XELM runs it", best_time(lambda: run([stacked], None), args.repeats),
-           t_loop, "vs loop")
+    if not args.routed_only:
+        # All experts on every text: one compiled call per batch vs one call per expert per batch.
+        graphdef, stacked = xelm.pool.stacked(tuple(xelm.names))
+        singles = [stack_states([nnx.split(xelm.pool.get(n))[1]]) for n in xelm.names]
+        uniform = np.full((len(texts), e), 1.0 / e)
+        all_batches = list(batches(seqs, masks, tok.mask_token_id, tok.pad_token_id, args.batch_tokens,
+                                   xelm.max_len))
 
-    # Interactive queries: one text at a time, where per-call overhead dominates.
-    def run_one(gd, states_list, text):
-        s, m = prepare(tok, [text], xelm.max_len)
-        b = next(batches(s, m, tok.mask_token_id, tok.pad_token_id, 1, xelm.max_len))
-        return [np.asarray(label_logprobs(gd, False, st, *b.arrays()[:5])) for st in states_list]
+        def run(states_list, one_by_one):
+            total = np.zeros(len(texts))
+            for b in all_batches:
+                how = sequential(b.ids) if one_by_one is None else one_by_one
+                lp_ExBxK = np.concatenate([np.asarray(label_logprobs(graphdef, how, s, *b.arrays()[:5]))
+                                           for s in states_list])
+                mix_BxK = np.asarray(mixture_logprobs(lp_ExBxK, np.log(uniform[:len(b.ids)])))
+                total[b.rows] = -(mix_BxK * b.mask_weights).sum(1)[:len(b.rows)]
+            return total
 
-    few = texts[:16]
-    t_loop1 = best_time(lambda: [run_one(graphdef, singles, t) for t in few], args.repeats)
-    t_stack1 = best_time(lambda: [run_one(graphdef, [stacked], t) for t in few], args.repeats)
-    rows.append(f"{'all experts, one text per call: loop':<46}{len(few) / t_loop1:>10.1f}")
-    rows.append(f"{'all experts, one text per call: stacked vmap':<46}{len(few) / t_stack1:>10.1f}{'':>12}  "
-                f"{t_loop1 / t_stack1:5.2f}x  vs loop")
+        reference = mixture_nll(graphdef, stacked, uniform, seqs, masks, tok, args.batch_tokens, xelm.max_len)[0]
+        assert np.allclose(reference, run(singles, False), rtol=1e-4, atol=1e-3), "stacked and loop disagree"
 
-    print_rows(rows)
+        def one_text_each(states_list):
+            for s, m in zip(seqs[:16], masks[:16]):
+                b = next(batches([s], [m], tok.mask_token_id, tok.pad_token_id, 1, xelm.max_len))
+                [np.asarray(label_logprobs(graphdef, False, st, *b.arrays()[:5])) for st in states_list]
 
+        loop, loop1 = f"all {e} experts: Python loop over experts", "one text per call (16): loop over experts"
+        stacked_cases = {f"all {e} experts: stacked, vmap": lambda: run([stacked], False),
+                         f"all {e} experts: stacked, one by one in the call": lambda: run([stacked], True),
+                         f"all {e} experts: stacked, as XELM runs it": lambda: run([stacked], None)}
+        cases |= {loop: lambda: run(singles, False), **stacked_cases,
+                  loop1: lambda: one_text_each(singles),
+                  "one text per call (16): stacked, vmap": lambda: one_text_each([stacked])}
+        ratios |= {name: (loop, "vs loop (goal >= 1.50x)") for name in stacked_cases}
+        ratios["one text per call (16): stacked, vmap"] = (loop1, "vs loop")
 
-def print_rows(rows: list[str]) -> None:
-    print(f"{'':<46}{'texts/s':>10}{'tokens/s':>12}  {'ratio':>7}")
-    print("\n".join(rows))
+    best = time_cases(cases, args.rounds)
+    print(f"{'':<50}{'texts/s':>9}{'tokens/s':>10}  {'ratio':>6}")
+    for name, t in best.items():
+        n = 16 if name.startswith("one text") else len(texts)
+        tokens = f"{n_tokens / t:>10.0f}" if n == len(texts) else f"{'':>10}"
+        ratio = f"{best[ratios[name][0]] / t:5.2f}x  {ratios[name][1]}" if name in ratios else ""
+        print(f"{name:<50}{n / t:>9.1f}{tokens}  {ratio}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from routing.masking import batches, check_texts, encode, existing_masks
 from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
 from routing.routes import Routing, check_top_k
-from routing.runfiles import corpus_split, expert_scripts, expert_texts, letter_scripts
+from routing.runfiles import expert_scripts, expert_texts, letter_scripts
 from routing.scoring import BATCH_TOKENS, MAX_LEN, expert_loglik, mixture_nll, per_token, prepare
 from xelm.errors import XelmError
 from xelm.rundir import load_run_config
@@ -86,9 +86,9 @@ class XELM:
             return langid_mod.LangIdRouter(langid_mod.load_or_fit(self.run_dir), self.router("language"))
         prior = None
         if self.prior == "validation":
-            langs = sorted({lang for c in self.cards for lang in c["languages"]})
-            prior = validation_prior(self.run_dir, self.cards,
-                                     lambda: corpus_split(self.run_dir, "validation", langs)["text"], self.loglik)
+            def texts():
+                return [t for ts in expert_texts(self.run_dir, self.cards, "validation").values() for t in ts]
+            prior = validation_prior(self.run_dir, self.cards, texts, self.loglik)
         return PosteriorRouter(self.names, self.loglik, prior)
 
     def route(self, texts, router: str | Routing | None = None, top_k: int | None = None,

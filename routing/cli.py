@@ -49,6 +49,12 @@ def cmd_route(args) -> int:
         print(f"{e['name']:<32}{e['weight']:>8.4f}")
     for line in _notes(routing):
         print(line)
+    if routing["router"] == "langid":
+        from routing.langid import saved_accuracy
+
+        acc = saved_accuracy(args.run_dir)
+        print(f"language identifier: {acc['test_accuracy']:.1%} accurate on the test split "
+              f"({acc['test_texts']} texts, {acc['languages']} languages)")
     return 0
 
 

@@ -91,7 +91,8 @@ class LangId:
                                            shape=tuple(a["shape"]))
             return cls(meta["vocabulary"], meta["languages"], counts, meta["alpha"], meta["ngram_range"])
         except (OSError, KeyError, TypeError, ValueError) as e:
-            raise XelmError(f"damaged language identifier in {directory} ({e}); delete the folder to refit it") from None
+            raise XelmError(f"damaged language identifier in {directory} ({e}); delete the folder to "
+                            "refit it") from None
 
 
 def load_or_fit(run_dir: str | Path, languages: list[str] | None = None) -> LangId:
@@ -111,9 +112,10 @@ def load_or_fit(run_dir: str | Path, languages: list[str] | None = None) -> Lang
 
 
 def saved_accuracy(run_dir: str | Path) -> dict | None:
-    meta = read_meta(router_dir(run_dir) / "langid" / "langid.json")
-    return None if meta is None else {k: meta.get(k) for k in ("test_accuracy", "test_texts", "corpus")} | {
-        "languages": len(meta.get("languages", []))}
+    """The saved identifier's accuracy on the test split, its test texts and languages."""
+    meta = read_meta(router_dir(run_dir) / "langid" / "langid.json") or {}
+    return {"test_accuracy": meta.get("test_accuracy"), "test_texts": meta.get("test_texts"),
+            "languages": len(meta.get("languages", []))} if meta else None
 
 
 class LangIdRouter:

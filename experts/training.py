@@ -13,11 +13,10 @@ from experts.registry import Registry, check_name
 from experts.typology import nearest_expert, typology_centroid
 from xelm.batches import TokenizedCorpus, make_batch
 from xelm.config import RunConfig, Stage
-from xelm.data import load_corpus
+from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.languages import parse_language_list
 from xelm.model import Encoder
-from xelm.pretrain import texts_by_lang
 from xelm.rundir import load_run_config
 from xelm.tokenizer import load_tokenizer
 from xelm.train import evaluate_loss, train

@@ -16,13 +16,6 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
-def _texts_by_lang(split) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for lang, text in zip(split["lang"], split["text"]):
-        out.setdefault(lang, []).append(text)
-    return out
-
-
 # ----------------------------------------------------------------------------- data
 def cmd_data_stats(args) -> int:
     from xelm.data import corpus_stats, load_corpus
@@ -42,13 +35,13 @@ def cmd_data_stats(args) -> int:
 
 # ------------------------------------------------------------------------ tokenizer
 def cmd_tokenizer_train(args) -> int:
-    from xelm.data import load_corpus
+    from xelm.data import load_corpus, texts_by_lang
     from xelm.tokenizer import train_tokenizer
 
     corpus = load_corpus(args.corpus)
     if not len(corpus["train"]):
         raise XelmError(f"corpus {args.corpus!r} has no train split to train a tokenizer on")
-    tok = train_tokenizer(_texts_by_lang(corpus["train"]), args.vocab_size, args.out,
+    tok = train_tokenizer(texts_by_lang(corpus["train"]), args.vocab_size, args.out,
                           temperature=args.temperature, n_chars=args.chars, seed=args.seed,
                           show_progress=not args.json and sys.stderr.isatty())
     result = {"out": str(args.out), "vocab_size": len(tok), "corpus": args.corpus}

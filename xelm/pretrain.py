@@ -8,7 +8,7 @@ from pathlib import Path
 from xelm import rundir
 from xelm.batches import TokenizedCorpus
 from xelm.config import RunConfig
-from xelm.data import load_corpus
+from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.tokenizer import load_tokenizer, train_tokenizer
 from xelm.train import train
@@ -21,13 +21,6 @@ def training_languages(cfg: RunConfig, available: list[str]) -> list[str]:
     if not langs:
         raise XelmError("no training languages left: data.languages minus data.exclude_languages is empty")
     return langs
-
-
-def texts_by_lang(split) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for lang, text in zip(split["lang"], split["text"]):
-        out.setdefault(lang, []).append(text)
-    return out
 
 
 def ensure_tokenizer(cfg: RunConfig, run_dir: Path, corpus, progress: bool = True):

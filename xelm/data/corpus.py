@@ -163,6 +163,14 @@ def _hub_table(name: str) -> pa.Table:
     return pa.table(rows)
 
 
+def texts_by_lang(split) -> dict[str, list[str]]:
+    """A split's texts grouped by language (ISO 639-3), in corpus order."""
+    out: dict[str, list[str]] = {}
+    for lang, text in zip(split["lang"], split["text"]):
+        out.setdefault(lang, []).append(text)
+    return out
+
+
 def corpus_stats(corpus: datasets.DatasetDict) -> dict:
     """Languages, rows, characters and words per split, and scripts (declarations per script)."""
     tags, langs = {}, set()

@@ -26,7 +26,19 @@ EVAL_BATCHES = 4
 
 
 def registry_of(run_dir: str | Path, registry: str | None = None) -> Registry:
+    """The registry given, or the run's own (``DIR/registry``; ``DIR`` must be a run)."""
+    if registry is None:
+        load_run_config(run_dir)  # a clear error when DIR is not a run directory
     return Registry(registry or Path(run_dir) / "registry")
+
+
+def check_tokens(tokens: int | None, default: int | None = None) -> int:
+    """A token budget: ``tokens`` if given (a positive whole number), else ``default``."""
+    if tokens is None and default is not None:
+        return default
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise XelmError(f"--tokens {tokens!r} is out of range: give a positive token budget (tokens to train on)")
+    return tokens
 
 
 def load_plan(run_dir: str | Path) -> dict:
@@ -46,8 +58,7 @@ def load_base(run_dir: str | Path) -> Encoder:
 
 def budget_config(cfg: RunConfig, languages: list[str], tokens: int) -> RunConfig:
     """The run config for training on ``languages`` for ``tokens`` tokens (rounded up to steps)."""
-    if tokens < 1:
-        raise XelmError(f"token budget {tokens} must be positive")
+    tokens = check_tokens(tokens)
     ec, per_step = cfg.experts, cfg.data.batch_size * cfg.data.seq_len
     steps = math.ceil(tokens / per_step)
     stage = Stage("expert", 1.0, tuple(languages), ec.mask_ratio, ec.temperature)
@@ -92,6 +103,7 @@ def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, r
                  progress: bool = True) -> dict:
     """Branch the base and train it on one cluster of ``DIR/clusters.json``; register it."""
     run_dir = Path(run_dir)
+    tokens = check_tokens(tokens, load_run_config(run_dir).experts.tokens)
     plan = load_plan(run_dir)
     if cluster not in plan["clusters"]:
         raise XelmError(f"no cluster named {cluster!r} in {run_dir / 'clusters.json'} "
@@ -100,8 +112,6 @@ def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, r
     name = check_name(cluster)
     if name in reg.names():
         return {**reg.card(name), "skipped": True}
-    cfg = load_run_config(run_dir)
-    tokens = tokens or cfg.experts.tokens
     languages = sorted(plan["clusters"][cluster])
     work = run_dir / "experts" / name
     result, bcfg, val, texts = _train_copy(run_dir, load_base(run_dir), languages, tokens, work, None,
@@ -119,6 +129,7 @@ def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, r
 def train_all(run_dir: str | Path, tokens: int | None = None, registry: str | None = None,
               progress: bool = True) -> list[dict]:
     """Every cluster of the plan, one after another (each skipped once registered)."""
+    check_tokens(tokens, 1)
     return [train_expert(run_dir, name, tokens, registry, progress) for name in load_plan(run_dir)["clusters"]]
 
 
@@ -177,10 +188,12 @@ def train_control(run_dir: str | Path, language: str, parent: str, tokens: int, 
 
 def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, parent: str = "auto",
                  name: str | None = None, corpus: str | None = None, registry: str | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, among: list[str] | None = None) -> dict:
     """HMR: a new expert for ``languages``, branched from the typologically nearest expert
-    (``auto``), the base, or a named expert. No other expert's files change."""
+    (``auto``; nearest of ``among`` when given), the base, or a named expert. No other expert's
+    files change."""
     run_dir = Path(run_dir)
+    tokens = check_tokens(tokens)
     langs = parse_language_list(languages) if isinstance(languages, str) else list(languages)
     reg = registry_of(run_dir, registry)
     name = check_name(name or "hmr-" + "-".join(langs))
@@ -190,7 +203,8 @@ def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, p
     texts = texts_by_lang(load_corpus(corpus or cfg.data.corpus, languages=langs)["train"])
     distance = None
     if parent == "auto":
-        parent, distance = nearest_expert(langs, reg.cards(), texts)
+        cards = [c for c in reg.cards() if among is None or c["name"] in among]
+        parent, distance = nearest_expert(langs, cards, texts)
     parent_model = load_base(run_dir) if parent == "base" else reg.load(parent)
     work = run_dir / "experts" / name
     result, bcfg, val, texts = _train_copy(run_dir, parent_model, langs, tokens, work, corpus,

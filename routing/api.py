@@ -22,7 +22,8 @@ from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
 from routing.routes import Routing, check_top_k
 from routing.runfiles import expert_scripts, expert_texts, letter_scripts
-from routing.scoring import BATCH_TOKENS, MAX_LEN, expert_loglik, mixture_nll, per_token, prepare
+from routing.masking import MASK_RATIO
+from routing.scoring import BATCH_TOKENS, MAX_LEN, label_table, mixture_nll, per_token, prepare
 from xelm.errors import XelmError
 from xelm.rundir import load_run_config
 from xelm.tokenizer import load_tokenizer
@@ -45,12 +46,22 @@ def mask_context(text: str) -> str:
 
 class XELM:
     def __init__(self, run_dir: str | Path, registry, tokenizer, cache_size: int = 8, temperature: float = 0.1,
-                 prior: str = "uniform", batch_tokens: int = BATCH_TOKENS, max_len: int | None = None):
+                 prior: str = "uniform", batch_tokens: int = BATCH_TOKENS, max_len: int | None = None,
+                 experts: list[str] | None = None):
+        """``experts``: route among these experts of the registry only (default: all of them)."""
         self.run_dir, self.registry, self.tokenizer = Path(run_dir), registry, tokenizer
-        self.cards = registry.cards()
-        if not self.cards:
+        self.registry_cards = registry.cards()
+        if not self.registry_cards:
             raise XelmError(f"the registry {registry.root} has no experts: train them with "
                             f"`xelm expert train --run-dir {run_dir} --all`")
+        self.cards = self.registry_cards
+        if experts is not None:
+            by_name = {c["name"]: c for c in self.registry_cards}
+            unknown = [n for n in experts if n not in by_name]
+            if unknown or not experts:
+                raise XelmError(f"no expert named {', '.join(map(repr, unknown)) or '(none given)'} in "
+                                f"{registry.root}: choose among {', '.join(by_name)}")
+            self.cards = [by_name[n] for n in experts]
         if prior not in PRIORS:
             raise XelmError(f"unknown posterior prior {prior!r}: choose {' or '.join(PRIORS)}")
         self.names = [c["name"] for c in self.cards]
@@ -59,6 +70,7 @@ class XELM:
         self.max_len = max_len or min(load_run_config(run_dir).model.max_len, MAX_LEN)
         self._routers: dict[str, object] = {}
         self._scripts: set[str] | None = None
+        self._loglik_memo: tuple[tuple[str, ...], np.ndarray] | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, registry: str | None = None, **options) -> XELM:
@@ -81,7 +93,7 @@ class XELM:
         if name == "language":
             return LanguageRouter(self.cards, lambda: expert_texts(self.run_dir, self.cards))
         if name == "tfidf":
-            return tfidf_mod.load_or_fit(self.run_dir, self.cards, self.temperature)
+            return tfidf_mod.load_or_fit(self.run_dir, self.registry_cards, self.temperature, self.cards)
         if name == "langid":
             return langid_mod.LangIdRouter(langid_mod.load_or_fit(self.run_dir), self.router("language"))
         prior = None
@@ -128,10 +140,22 @@ class XELM:
         return Routing(routing.names, weights, routing.router, notes)
 
     def loglik(self, texts: list[str]) -> np.ndarray:
-        """[N, E] each expert's masked-LM log-likelihood of each text (posterior routing)."""
-        seqs, masks = prepare(self.tokenizer, texts, self.max_len, POSTERIOR_SEED, POSTERIOR_MASK_RATIO)
-        graphdef, states = self.pool.stacked(tuple(self.names))
-        return expert_loglik(graphdef, states, seqs, masks, self.tokenizer, self.batch_tokens, self.max_len)
+        """[N, E] each expert's masked-LM log-likelihood of each text (posterior routing). The
+        last call's answer is kept: top-1 and top-k routing of the same texts pay once."""
+        key = tuple(texts)
+        if self._loglik_memo is None or self._loglik_memo[0] != key:
+            lp_ExNxK, w_NxK = self.label_logprobs(texts, POSTERIOR_SEED, POSTERIOR_MASK_RATIO)
+            self._loglik_memo = key, (lp_ExNxK * w_NxK[None]).sum(2).T
+        return self._loglik_memo[1]
+
+    def label_logprobs(self, texts, seed: int = 0, ratio: float = MASK_RATIO, experts: list[str] | None = None):
+        """Each expert's log-probability of the true token at each masked position: ([E, N, K],
+        [N, K] 1 on real masks), on the masks ``score`` uses for the same ``seed``. Any routing's
+        mixture loss follows from it without running a model again (``scoring.mixture_loss``)."""
+        texts = check_texts(texts)
+        seqs, masks = prepare(self.tokenizer, texts, self.max_len, seed, ratio)
+        graphdef, states = self.pool.stacked(tuple(experts or self.names))
+        return label_table(graphdef, states, seqs, masks, self.tokenizer, self.batch_tokens, self.max_len)
 
     def _groups(self, routing: Routing):
         """(expert names, text rows, [rows, experts] weights) for each set of experts needed."""
@@ -156,16 +180,12 @@ class XELM:
         loss = per_token(total, count)
         return (loss, count) if return_counts else loss
 
-    def fill_mask(self, text: str, top_k: int = 5, router=None, experts_top_k: int | None = None, lang=None):
-        """The ``top_k`` likeliest tokens for each ``<mask>`` (or ``[MASK]``) under the mixture,
-        as the transformers pipeline returns them: [{"token", "token_str", "score", "sequence"}],
-        or one such list per mask when there are several. ``experts_top_k`` limits the experts."""
+    def mask_logprobs(self, text: str, router=None, top_k: int | None = None, lang=None):
+        """The mixture's log p(token | text) over the vocabulary at each ``<mask>`` (or ``[MASK]``)
+        of ``text``: ([masks, V], the token ids of the text, the masks' positions in them)."""
         text = check_texts(text)[0]
         tok, context = self.tokenizer, mask_context(text)
-        vocab = len(tok)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
-            raise XelmError(f"top-k {top_k!r} is out of range: give a whole number from 1 to {vocab}")
-        routing = self.route([context], router, experts_top_k, lang)
+        routing = self.route([context], router, top_k, lang)
         seq = encode(tok, [MASK_MARKERS.sub(tok.mask_token, text)], self.max_len)[0]
         where = existing_masks(seq, tok.mask_token_id)
         if not len(where):
@@ -173,8 +193,18 @@ class XELM:
         (names, _, w), = self._groups(routing)
         graphdef, states = self.pool.stacked(names)
         b = next(batches([seq], [where], tok.mask_token_id, tok.pad_token_id, 1, self.max_len))
-        logp_KxV = np.array(mixture_vocab_logprobs(graphdef, sequential(b.ids), states, np.log(w), b.ids, b.segment_ids,
-                                                     b.positions, b.mask_positions))[0, :len(where)]
+        logp = mixture_vocab_logprobs(graphdef, sequential(b.ids), states, np.log(w), b.ids, b.segment_ids,
+                                      b.positions, b.mask_positions)
+        return np.array(logp)[0, :len(where)], seq, where
+
+    def fill_mask(self, text: str, top_k: int = 5, router=None, experts_top_k: int | None = None, lang=None):
+        """The ``top_k`` likeliest tokens for each ``<mask>`` (or ``[MASK]``) under the mixture,
+        as the transformers pipeline returns them: [{"token", "token_str", "score", "sequence"}],
+        or one such list per mask when there are several. ``experts_top_k`` limits the experts."""
+        tok, vocab = self.tokenizer, len(self.tokenizer)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
+            raise XelmError(f"top-k {top_k!r} is out of range: give a whole number from 1 to {vocab}")
+        logp_KxV, seq, where = self.mask_logprobs(text, router, experts_top_k, lang)
         logp_KxV[:, tok.all_special_ids] = -np.inf  # never propose [CLS], [PAD], ...
         out = []
         for k, pos in enumerate(where):

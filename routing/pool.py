@@ -19,6 +19,7 @@ class ExpertPool:
     def __init__(self, registry: Registry, cache_size: int = 8, stack_cache_size: int = 4):
         self.registry, self.cache_size, self.stack_cache_size = registry, cache_size, stack_cache_size
         self._models: OrderedDict[str, Encoder] = OrderedDict()
+        self._pinned: dict[str, Encoder] = {}
         self._stacks: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
         self.loads = 0  # experts read from disk so far (what the cache saves)
 
@@ -28,6 +29,8 @@ class ExpertPool:
 
     def get(self, name: str) -> Encoder:
         """The expert's encoder, loaded on first use."""
+        if name in self._pinned:
+            return self._pinned[name]
         if name in self._models:
             self._models.move_to_end(name)
         else:
@@ -36,6 +39,11 @@ class ExpertPool:
             while len(self._models) > self.cache_size:
                 self._models.popitem(last=False)
         return self._models[name]
+
+    def add(self, name: str, model: Encoder) -> None:
+        """Keep a model that is not in the registry (the base, the dense baseline) under ``name``,
+        so it can be stacked with the experts; it is never evicted."""
+        self._pinned[name] = model
 
     def stacked(self, names: tuple[str, ...]):
         """(graphdef, state with a leading expert axis) for ``names``, in that order."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from routing.routes import Routing, softmax_rows
-from routing.runfiles import fingerprint, read_meta, router_dir, write_meta
+from routing.runfiles import cached_for, router_dir
 from xelm.errors import XelmError
 
 PRIORS = ("uniform", "validation")
@@ -42,16 +42,15 @@ def validation_prior(run_dir: str | Path, cards: list[dict], texts: Callable[[],
                      loglik: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """The mean uniform-prior posterior over ``texts()`` (validation text of the experts'
     languages), saved in ``DIR/router/posterior_prior.json`` for this registry."""
-    path = router_dir(run_dir) / "posterior_prior.json"
     names = [c["name"] for c in cards]
-    meta = read_meta(path)
-    if meta and meta.get("fingerprint") == fingerprint(cards):
-        return np.array([meta["prior"][n] for n in names])
-    sample = texts()
-    if not sample:
-        raise XelmError("no validation text for the experts' languages to estimate the posterior prior: "
-                        "use the uniform prior")
-    prior = softmax_rows(loglik(sample)).mean(0)
-    write_meta(path, {"fingerprint": fingerprint(cards), "texts": len(sample),
-                      "prior": {n: float(p) for n, p in zip(names, prior)}})
-    return prior
+
+    def estimate() -> dict:
+        sample = texts()
+        if not sample:
+            raise XelmError("no validation text for the experts' languages to estimate the posterior prior: "
+                            "use the uniform prior")
+        prior = softmax_rows(loglik(sample)).mean(0)
+        return {"texts": len(sample), "prior": {n: float(p) for n, p in zip(names, prior)}}
+
+    meta = cached_for(router_dir(run_dir) / "posterior_prior.json", cards, estimate)
+    return np.array([meta["prior"][n] for n in names])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Callable
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -35,10 +37,22 @@ def read_meta(path: Path) -> dict | None:
 
 
 def write_meta(path: Path, meta: dict) -> None:
+    """Write, then rename: a reader (or another process) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def cached_for(path: Path, cards: list[dict], compute: Callable[[], object], keep: int = 8):
+    """``compute()``, kept in ``path`` under the fingerprint of ``cards``; the last few sets of
+    experts are kept, so routing among a subset of a registry does not evict the whole one."""
+    fp = fingerprint(cards)
+    entries = (read_meta(path) or {}).get("by_fingerprint", {})
+    if fp not in entries:
+        entries = {**dict(list(entries.items())[-(keep - 1):]), fp: compute()}
+        write_meta(path, {"by_fingerprint": entries})
+    return entries[fp]
 
 
 def expert_texts(run_dir: str | Path, cards: list[dict], split: str = "train") -> dict[str, list[str]]:
@@ -80,13 +94,12 @@ def letter_scripts(text: str) -> dict[str, int]:
 def expert_scripts(run_dir: str | Path, cards: list[dict]) -> set[str]:
     """Scripts of the letters in the experts' training text (``DIR/router/scripts.json``); a
     script needs MIN_LETTERS letters there to count (a quoted foreign word does not)."""
-    path = router_dir(run_dir) / "scripts.json"
-    meta = read_meta(path)
-    if not (meta and meta.get("fingerprint") == fingerprint(cards)):
+    def count() -> dict[str, int]:
         scripts: dict[str, int] = {}
         for texts in expert_texts(run_dir, cards).values():
             for s, n in letter_scripts("".join(texts)).items():
                 scripts[s] = scripts.get(s, 0) + n
-        meta = {"fingerprint": fingerprint(cards), "scripts": scripts}
-        write_meta(path, meta)
-    return {s for s, n in meta["scripts"].items() if n >= MIN_LETTERS}
+        return scripts
+
+    scripts = cached_for(router_dir(run_dir) / "scripts.json", cards, count)
+    return {s for s, n in scripts.items() if n >= MIN_LETTERS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from flax import nnx
+from scipy.special import logsumexp
 
 from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
 from routing.masking import MASK_RATIO, batches, check_texts, choose_masks, encode
@@ -40,15 +41,27 @@ def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, b
     return total, count
 
 
-def expert_loglik(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
-                  max_len: int = MAX_LEN) -> np.ndarray:
-    """[N, E] each expert's summed log-probability of each text's masked tokens."""
-    out = None
+def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
+                max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """([E, N, K] each expert's log-probability of each text's masked tokens, [N, K] 1 on real
+    masks); K is the most masks any text has."""
+    k_max = max([len(m) for m in masks] + [1])
+    lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
     for b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
-        if out is None:
-            out = np.zeros((len(seqs), lp_ExBxK.shape[0]))
-        out[b.rows] = (lp_ExBxK * b.mask_weights[None]).sum(2).T[:len(b.rows)]
-    return out
+        if lp_ExNxK is None:
+            lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
+        n, k = len(b.rows), min(lp_ExBxK.shape[2], k_max)
+        lp_ExNxK[:, b.rows, :k] = lp_ExBxK[:, :n, :k]
+        w_NxK[b.rows, :k] = b.mask_weights[:n, :k]
+    return lp_ExNxK, w_NxK
+
+
+def mixture_loss(lp_ExNxK: np.ndarray, w_NxK: np.ndarray, weights_NxE: np.ndarray) -> np.ndarray:
+    """Per-text loss of the mixture Σ_e w_e p_e(token) from a :func:`label_table` (numpy: any
+    number of routings, no model run); the same number ``XELM.score`` computes."""
+    logw_ExNx1 = np.log(np.maximum(weights_NxE, 1e-30)).T[..., None]
+    mix_NxK = logsumexp(logw_ExNx1 + lp_ExNxK, axis=0)
+    return per_token(-(mix_NxK * w_NxK).sum(1), w_NxK.sum(1))
 
 
 def score_model(model, tokenizer, texts, batch_tokens: int = BATCH_TOKENS, max_len: int = MAX_LEN,

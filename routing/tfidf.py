@@ -31,8 +31,10 @@ def fit_language_space(texts_by_lang: dict[str, list[str]]) -> TfidfSpace:
     return space
 
 
-def load_or_fit(run_dir: str | Path, cards: list[dict], temperature: float = TEMPERATURE) -> TfidfRouter:
-    """The router from ``DIR/router/tfidf``, refitted when the registry changed since it was saved."""
+def load_or_fit(run_dir: str | Path, cards: list[dict], temperature: float = TEMPERATURE,
+                experts: list[dict] | None = None) -> TfidfRouter:
+    """The router from ``DIR/router/tfidf``, refitted when the registry (``cards``) changed since
+    it was saved; it routes among ``experts`` (default: all of them), placed by their languages."""
     path = router_dir(run_dir) / "tfidf"
     meta = read_meta(path / "router.json")
     if meta and meta.get("fingerprint") == fingerprint(cards):
@@ -41,7 +43,7 @@ def load_or_fit(run_dir: str | Path, cards: list[dict], temperature: float = TEM
         space = fit_language_space(expert_texts(run_dir, cards))
         space.save(path)
         write_meta(path / "router.json", {"fingerprint": fingerprint(cards)})
-    return TfidfRouter(space, {c["name"]: c["languages"] for c in cards}, temperature)
+    return TfidfRouter(space, {c["name"]: c["languages"] for c in experts or cards}, temperature)
 
 
 class TfidfRouter:

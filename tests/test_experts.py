@@ -101,7 +101,7 @@ def test_hmr_on_a_users_own_corpus_of_a_language_udhr_lacks(run, udhr):
     (["--languages", "English"], "malformed language code"),
     (["--languages", "pdc"], "pdc"),  # a real code with no text in the corpus
     (["--languages", "por", "--parent", "nobody"], "no expert named 'nobody'"),
-    (["--languages", "por", "--tokens", "0"], "token budget 0"),
+    (["--languages", "por", "--tokens", "0"], "--tokens 0 is out of range"),
 ])
 def test_bad_additions_are_clear_errors_and_write_nothing(run, capsys, args, message):
     before = tree_hashes(run)

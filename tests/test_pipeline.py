@@ -25,11 +25,15 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert 0.0 <= s["improved_fraction"] <= 1.0 and s["languages"] == 6
     assert set(m["languages"]["eng"]) >= {"base", "dense", "own_expert", "xelm:tfidf@1", "xelm:posterior@2"}
     assert m["compute"]["equal"] and m["compute"]["dense_tokens"] == m["compute"]["experts_total"]
+    for lang, row in m["languages"].items():  # routing by the language = that language's own expert
+        if row["cluster"]:
+            assert abs(row["xelm:language@1"] - row["own_expert"]) < 1e-6, lang
     assert set(m["new_languages"]["por"]) >= {"hmr", "base_continued", "dense_continued"}
+    assert not m["new_languages"]["por"]["parent"].startswith("hmr-")
     assert set(m["routing"]) == {"tfidf", "posterior", "langid"}
     assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1
     text = (report / "report.md").read_text()
-    for section in ("## Headline", "## By resource level", "## By cluster", "## New languages",
+    for section in ("## Headline", "## What the numbers say", "## By resource level", "## By cluster", "## New languages",
                     "## Routing", "## Zero-shot"):
         assert section in text
     again = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)  # everything complete: skipped

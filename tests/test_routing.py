@@ -18,7 +18,7 @@ from routing.ensemble import label_logprobs, mixture_vocab_logprobs
 from routing.langid import LangId, load_or_fit as load_or_fit_langid
 from routing.masking import batches
 from routing.routes import keep_top_k
-from routing.scoring import prepare
+from routing.scoring import mixture_loss, prepare
 from xelm.errors import XelmError
 
 TEXTS = ["Alle Menschen sind frei und gleich an Würde und Rechten geboren.",
@@ -140,6 +140,24 @@ def test_score_is_per_text_deterministic_and_matches_a_single_model(xelm):
     only = Routing(xelm.names, np.eye(len(xelm.names))[[0] * 4], "fixed")
     assert np.allclose(xelm.score(TEXTS, router=only), score_model(xelm.pool.get(name), xelm.tokenizer, TEXTS),
                        atol=1e-5)
+
+
+def test_mixture_loss_from_the_label_table_equals_score_for_any_routing(xelm):
+    """Evaluation scores every router from one pass per expert: the same numbers as score()."""
+    lp_ExNxK, w_NxK = xelm.label_logprobs(TEXTS)
+    assert lp_ExNxK.shape[:2] == (len(xelm.names), 4) and (lp_ExNxK <= 0).all()
+    for router, k in (("tfidf", 1), ("posterior", 2)):
+        r = xelm.route(TEXTS, router=router, top_k=k)
+        assert np.allclose(mixture_loss(lp_ExNxK, w_NxK, r.weights), xelm.score(TEXTS, router=r), atol=1e-5)
+
+
+def test_routing_among_a_subset_of_the_registry(run):
+    name = XELM.from_run(run).names[1]
+    sub = XELM.from_run(run, experts=[name])
+    for router, lang in (("tfidf", None), ("posterior", None), ("language", "deu")):
+        assert sub.route(TEXTS, router=router, lang=lang).names == [name]
+    with pytest.raises(XelmError, match="no expert named 'nope'"):
+        XELM.from_run(run, experts=["nope"])
 
 
 def test_a_query_loads_only_the_experts_it_needs(run):

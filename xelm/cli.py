@@ -135,8 +135,15 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake answered in one line (subcommands inherit the class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xelm", description="Cross-lingual expert language models (X-ELM) in JAX.")
+    p = Parser(prog="xelm", description="Cross-lingual expert language models (X-ELM) in JAX.")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except XelmError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"xelm: error: {e}", file=sys.stderr)
+        print("xelm: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("xelm: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)

@@ -262,7 +262,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         try:
             data = yaml.safe_load(path.read_text("utf-8")) or {}
         except yaml.YAMLError as e:
-            raise XelmError(f"config file {path} is not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise XelmError(f"config file {path} is not valid YAML{where}: "
+                            f"{getattr(e, 'problem', None) or type(e).__name__}; fix the file") from None
         if not isinstance(data, dict):
             raise XelmError(f"config file {path} must hold a mapping at the top")
     return from_dict(apply_overrides(data, list(overrides)))

@@ -66,9 +66,11 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     registry = registry_of(run_dir)
     added = []
     for lang in cfg.data.exclude_languages:
+        # Branched from the nearest *cluster* expert: not from an earlier HMR expert, whose extra
+        # training would blur the comparison at equal tokens.
         name = f"hmr-{lang}"
         card = registry.card(name) if name in registry.names() else add_language(
-            run_dir, [lang], ec.hmr_tokens, "auto", name, progress=progress)
+            run_dir, [lang], ec.hmr_tokens, "auto", name, progress=progress, among=[c["name"] for c in cards])
         added.append(card)
         controls = {p: train_control(run_dir, lang, p, ec.hmr_tokens, progress) for p in ("base", "dense")}
         say(f"      {lang}: parent {card['parent']}"

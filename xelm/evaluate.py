@@ -48,7 +48,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     """Score every model on the test split; write ``DIR/report/metrics.json`` and the report."""
     from experts.training import load_base, load_dense, load_plan, registry_of
     from routing import XELM
-    from routing.scoring import score_model
+    from routing.scoring import mixture_loss, score_model
     from xelm.data import load_corpus
     from xelm.rundir import load_run_config
     from xelm.tokenizer import load_tokenizer
@@ -76,24 +76,35 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
         raise XelmError("the test split has no text in the experts' languages")
     say = tqdm.write if progress else (lambda *a: None)
 
-    xelm = XELM.from_run(run_dir, max_len=MAX_LEN)
-    scores: dict[str, np.ndarray] = {}
-    _, count = xelm.score(texts, router="language", top_k=1, lang=langs, return_counts=True)
-    steps = [("base", lambda: score_model(load_base(run_dir), tok, texts, max_len=MAX_LEN)),
-             ("dense", lambda: score_model(load_dense(run_dir), tok, texts, max_len=MAX_LEN))]
-    for r in routers:
+    # The equal-compute comparison routes among the cluster experts only: HMR experts had extra
+    # training (and are judged on their own languages below).
+    cluster = [c["name"] for c in cards if c.get("kind") == "cluster"]
+    xelm = XELM.from_run(run_dir, max_len=MAX_LEN, experts=cluster)
+    say(f"scoring {len(texts):,} test paragraphs: base, dense and {len(cluster)} experts, same masks")
+    # One pass per model gives every model's log-probability of every masked token; every
+    # router's mixture then follows in numpy, without running a model again.
+    xelm.pool.add("(base)", load_base(run_dir))
+    xelm.pool.add("(dense)", load_dense(run_dir))
+    lp_ExNxK, w_NxK = xelm.label_logprobs(texts, experts=["(base)", "(dense)", *cluster])
+    count = w_NxK.sum(1)
+    scores = {name: mixture_loss(lp_ExNxK[[i]], w_NxK, np.ones((len(texts), 1)))
+              for name, i in (("base", 0), ("dense", 1))}
+    lp_ExNxK = lp_ExNxK[2:]
+    routings = {}
+    for r in tqdm(routers, desc="routing", disable=not progress):
         for k in top_ks:
-            steps.append((f"xelm:{r}@{k}", lambda r=r, k=k: xelm.score(
-                texts, router=r, top_k=k, lang=langs if r == "language" else None)))
-    for name, fn in tqdm(steps, desc="evaluate", disable=not progress):
-        scores[name] = fn()
+            routings[r, k] = xelm.route(texts, router=r, top_k=k, lang=langs if r == "language" else None)
+            scores[f"xelm:{r}@{k}"] = mixture_loss(lp_ExNxK, w_NxK, routings[r, k].weights)
     # Each language's own expert alone (HMR languages: their HMR expert).
-    own_loss = np.full(len(texts), np.nan)
-    for expert in sorted({*own.values(), *(c["name"] for c in hmr.values())}):
-        rows = [i for i, lang in enumerate(langs) if own.get(lang) == expert or
-                (lang in hmr and hmr[lang]["name"] == expert)]
+    own_w = np.array([[float(own.get(lang) == name) for name in cluster] for lang in langs])
+    no_own = ~own_w.any(1)
+    own_w[no_own] = 1.0
+    own_loss = np.where(no_own, np.nan, mixture_loss(lp_ExNxK, w_NxK, own_w))
+    for lang, card in hmr.items():
+        rows = [i for i, lg in enumerate(langs) if lg == lang]
         if rows:
-            own_loss[rows] = score_model(xelm.pool.get(expert), tok, [texts[i] for i in rows], max_len=MAX_LEN)
+            own_loss[rows] = score_model(xelm.pool.get(card["name"]), tok, [texts[i] for i in rows],
+                                         max_len=MAX_LEN)
     scores["own_expert"] = own_loss
 
     per_lang = {name: _per_language(langs, s, count) for name, s in scores.items()}
@@ -123,7 +134,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
                 entry[f"{parent}_continued"] = _per_language([lang] * len(sub), loss, count[rows]).get(lang)
         new_langs[lang] = entry
 
-    routing = _routing_accuracy(xelm, texts, langs, own)
+    routing = _routing_accuracy(xelm, texts, langs, own, {r: routings[r, 1] for r in routers if (r, 1) in routings})
     transfer = _transfer(run_dir, cfg, xelm, tok, load_dense, set(own))
     compute = _compute(run_dir, cards)
     metrics = {
@@ -159,15 +170,16 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     return metrics
 
 
-def _routing_accuracy(xelm, texts, langs, own) -> dict:
+def _routing_accuracy(xelm, texts, langs, own, top1: dict) -> dict:
     """Share of test texts whose top-1 expert is the one trained on their language, and the
-    confusion counts (rows: the right expert, columns: the chosen one)."""
+    confusion counts (rows: the right expert, columns: the chosen one). ``top1``: routings
+    already computed for all texts, by router."""
     rows = [i for i, lang in enumerate(langs) if lang in own]
-    sub, truth = [texts[i] for i in rows], [own[langs[i]] for i in rows]
+    truth = [own[langs[i]] for i in rows]
     out = {}
     for router in ("tfidf", "posterior", "langid"):
-        r = xelm.route(sub, router=router, top_k=1)
-        chosen = [r.names[int(np.argmax(w))] for w in r.weights]
+        r = top1[router] if router in top1 else xelm.route(texts, router=router, top_k=1)
+        chosen = [r.names[int(np.argmax(r.weights[i]))] for i in rows]
         names = sorted(set(truth) | set(chosen))
         conf = np.zeros((len(names), len(names)), int)
         for t, c in zip(truth, chosen):
@@ -181,7 +193,7 @@ def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
     """Zero-shot article classification and retrieval on held-out articles: dense vs X-ELM."""
     from xelm.data import load_corpus
     from xelm.embed import embed_texts
-    from xelm.transfer import article_classification, retrieval
+    from xelm.transfer import article_classification, chance_levels, paragraphs, retrieval
 
     corpus = load_corpus(cfg.data.corpus)
     rows: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
@@ -194,16 +206,20 @@ def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
     rows = dict(rows)
     if "eng" not in rows:
         return {"skipped": "no English text to train the probe on"}
+    # Every text both tasks need, embedded in one batched call per model (not one per language).
+    needed = sorted({t for units, texts in rows.values() for t in (*texts, *paragraphs(units, texts)[0])})
     dense = load_dense(run_dir)
-    embedders = {
-        "dense": lambda t, lang: embed_texts(dense, tok, t, max_len=MAX_LEN),
-        "xelm": lambda t, lang: xelm.embed(t, router=HEADLINE[0], top_k=HEADLINE[1]),
-    }
+    vectors = {"dense": embed_texts(dense, tok, needed, max_len=MAX_LEN),
+               "xelm": xelm.embed(needed, router=HEADLINE[0], top_k=HEADLINE[1])}
+    at = {t: i for i, t in enumerate(needed)}
     out = {}
-    for name, fn in embedders.items():
+    for name, vecs in vectors.items():
+        def fn(texts, lang, vecs=vecs):
+            return vecs[[at[t] for t in texts]]
         out[name] = {"classification": article_classification(fn, rows), "retrieval": retrieval(fn, rows)}
     for task in ("classification", "retrieval"):
-        out[f"mean_{task}"] = {name: _mean(out[name][task].values()) for name in embedders}
+        out[f"mean_{task}"] = {name: _mean(out[name][task].values()) for name in vectors}
+    out["chance"] = chance_levels(rows)
     return out
 
 
@@ -213,4 +229,5 @@ def _compute(run_dir: Path, cards: list[dict]) -> dict:
     experts = {c["name"]: c["tokens_trained"] for c in cards if c.get("kind") == "cluster"}
     return {"base_tokens": base["tokens"], "dense_tokens": dense["tokens_trained"],
             "expert_tokens": experts, "experts_total": sum(experts.values()),
+            "dense_languages": len(dense.get("languages") or []) or None,
             "equal": sum(experts.values()) == dense["tokens_trained"]}

@@ -126,13 +126,71 @@ def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
     return path
 
 
+def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
+    """What the numbers say, and where they point when the experts lose: routing, the budget per
+    language, typological fit, base quality. Every sentence is computed, none is canned."""
+    s, head, c = metrics["summary"], metrics["headline"]["ensemble"], metrics["compute"]
+    langs, means = metrics["languages"], s["mean_loss"]
+    out = []
+    frac, delta = s["improved_fraction"], s["mean_delta_loss"]
+    if frac is not None:
+        verdict = "beat" if frac > 0.5 and delta < 0 else "do **not** beat"
+        out.append(f"Experts {verdict} the dense model at equal compute here: better on {frac:.1%} of "
+                   f"{s['languages']} languages, mean Δ {delta:+.3f} nats.")
+    if means.get("own_expert") is not None and means.get(head) is not None:
+        gap = means[head] - means["own_expert"]
+        out.append(f"Routing: {head} is {abs(gap):.3f} nats {'worse' if gap > 0 else 'better'} than always using "
+                   f"each language's own expert (an oracle router); "
+                   + ("routing is not what holds X-ELM back." if gap < 0.02 else "better routing would help."))
+    if c.get("dense_languages"):
+        per_dense = c["dense_tokens"] / c["dense_languages"]
+        sizes = {k: v["languages"] for k, v in s["by_cluster"].items()}
+        per_expert = [c["expert_tokens"][k] / n for k, n in sizes.items() if k in c["expert_tokens"] and n]
+        if per_expert:
+            out.append(f"Budget: each expert saw {min(per_expert):,.0f}–{max(per_expert):,.0f} tokens per language, "
+                       f"the dense model {per_dense:,.0f}: the same data per language, so a difference comes "
+                       "from the languages no longer sharing one model's capacity.")
+    worst = min(s["by_cluster"].items(), key=lambda kv: kv[1]["improved_fraction"], default=None)
+    if worst:
+        out.append(f"Weakest cluster: {worst[0]} (X-ELM better on {worst[1]['improved_fraction']:.0%} of its "
+                   f"{worst[1]['languages']} languages, mean Δ {_fmt(worst[1]['mean_delta_loss'])}).")
+    pairs = [(d, langs[lang]["dense"] - langs[lang][head]) for lang, d in distance.items()
+             if langs[lang].get("dense") is not None and langs[lang].get(head) is not None]
+    if len(pairs) > 2:
+        r = float(np.corrcoef(np.array(pairs).T)[0, 1])
+        out.append(f"Typological fit: correlation between a language's distance from the rest of its cluster and "
+                   f"X-ELM's gain is r = {r:+.2f} "
+                   + ("(languages far from their cluster gain less: more or tighter clusters would help them)."
+                      if r < -0.1 else "(no strong link: the clusters' typological spread is not the limit)."))
+    base = means.get("base")
+    if base is not None:
+        out.append(f"Base quality: the base's mean test loss is {base:.2f} nats (perplexity {np.exp(base):,.0f}); "
+                   "every model here is early in training, so these are early-training differences — a bigger "
+                   "model or budget (`configs/udhr-demo.yaml`: `train.steps`, `experts.tokens`) tests whether they hold.")
+    new = metrics["new_languages"]
+    if new:
+        wins = [lang for lang, r in new.items() if r.get("hmr") is not None and
+                all(r.get(k) is None or r["hmr"] < r[k] for k in ("base_continued", "dense_continued"))]
+        out.append(f"New languages: the HMR expert beats both yardsticks on {len(wins)} of {len(new)} "
+                   f"({', '.join(wins) or 'none'}).")
+    t = metrics["transfer"]
+    if "chance" in t:
+        for task, label in (("classification", "article classification"), ("retrieval", "retrieval")):
+            best = max(t[f"mean_{task}"].values())
+            out.append(f"Transfer, {label}: dense {t[f'mean_{task}']['dense']:.1%}, X-ELM "
+                       f"{t[f'mean_{task}']['xelm']:.1%} against {t['chance'][task]:.1%} by guessing"
+                       + (" — too close to guessing to tell the two apart; the models are too small "
+                          "or too briefly trained for zero-shot transfer." if best < t["chance"][task] + 0.05 else "."))
+    return out
+
+
 def write_report(run_dir: str | Path, metrics: dict) -> Path:
     out = Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     s, head = metrics["summary"], metrics["headline"]["ensemble"]
+    distance = distance_from_cluster(metrics)
     plots = {"losses": plot_losses(metrics, out / "loss_by_language.png"),
-             "distance": plot_improvement_vs_distance(metrics, distance_from_cluster(metrics),
-                                                      out / "improvement_vs_distance.png"),
+             "distance": plot_improvement_vs_distance(metrics, distance, out / "improvement_vs_distance.png"),
              "confusion": plot_confusion(metrics["routing"]["tfidf"], out / "routing_confusion.png")}
     if "dense" in metrics["transfer"]:
         plots["transfer"] = plot_transfer_by_family(metrics["transfer"], out / "transfer_by_family.png")
@@ -146,6 +204,7 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         f"mean loss difference (X-ELM − dense) **{_fmt(s['mean_delta_loss'])}**.",
         f"- Compute: dense {c['dense_tokens']:,} tokens vs experts {c['experts_total']:,} in total "
         f"({'equal' if c['equal'] else 'NOT equal'}), both on top of the base's {c['base_tokens']:,}.", "",
+        "## What the numbers say", "", *[f"- {line}" for line in findings(metrics, distance)], "",
         "## Mean loss by model", "", "| model | mean loss |", "|---|---|",
         *[f"| {name} | {_fmt(v)} |" for name, v in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9)],
         "", "## By resource level (the curriculum stage a language joined)", "",
@@ -169,12 +228,13 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
     ]
     t = metrics["transfer"]
     if "dense" in t:
+        chance = t.get("chance", {})
         lines += ["## Zero-shot cross-lingual transfer (held-out articles 25–30)", "",
-                  "| task | dense | X-ELM |", "|---|---|---|",
-                  f"| article classification (probe trained on English) | {_fmt(t['mean_classification']['dense'], True)} "
-                  f"| {_fmt(t['mean_classification']['xelm'], True)} |",
-                  f"| retrieval of the English article | {_fmt(t['mean_retrieval']['dense'], True)} "
-                  f"| {_fmt(t['mean_retrieval']['xelm'], True)} |", "",
+                  "| task | dense | X-ELM | guessing |", "|---|---|---|---|",
+                  *[f"| {label} | {_fmt(t[f'mean_{task}']['dense'], True)} | {_fmt(t[f'mean_{task}']['xelm'], True)} "
+                    f"| {_fmt(chance.get(task), True)} |"
+                    for task, label in (("classification", "article classification (probe trained on English)"),
+                                        ("retrieval", "retrieval of the English article"))], "",
                   f"![transfer by family]({plots['transfer'].name})", ""]
     lines += ["Per-language numbers: `metrics.json` (`languages.{iso}`)."]
     path = out / "report.md"

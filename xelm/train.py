@@ -152,12 +152,21 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
 
 
 def _truncate_metrics(path: Path, step: int) -> list[dict]:
-    """Drop rows logged after the checkpoint we resume from, so the log matches the state."""
+    """Drop rows logged after the checkpoint we resume from (and a last line a kill cut short),
+    so the log matches the state; rewritten atomically, so a second kill loses nothing."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] <= step:
+            keep.append(row)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    tmp.replace(path)
     return keep
 
 

@@ -60,3 +60,16 @@ def retrieval(embed: EmbedFn, rows: dict[str, tuple[list[str], list[str]]], sour
         found = [src_units[i] for i in sims.argmax(1)]
         out[lang] = float(np.mean([f == u for f, u in zip(found, units)]))
     return out
+
+
+def chance_levels(rows: dict[str, tuple[list[str], list[str]]], source: str = "eng") -> dict[str, float]:
+    """What guessing scores: always the most common article (classification, mean over target
+    languages) and a random English article (retrieval)."""
+    majority = []
+    for lang, (units, texts) in rows.items():
+        if lang != source:
+            _, u = paragraphs(units, texts)
+            if u:
+                majority.append(max(u.count(x) for x in set(u)) / len(u))
+    return {"classification": float(np.mean(majority)) if majority else 0.0,
+            "retrieval": 1.0 / max(len(rows[source][0]), 1)}

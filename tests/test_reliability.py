@@ -225,3 +225,28 @@ def test_concurrent_expert_training_against_one_registry(tmp_path, tiny_expert_r
     for name in clusters:  # trained concurrently, yet the same bytes as alone (determinism)
         reg.load(name)
         assert reg.card(name)["checksum"] == reference.card(name)["checksum"]
+
+
+def test_a_damaged_checkpoint_is_named_and_the_one_before_still_restores(tmp_path):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from xelm.checkpoint import Checkpointer
+    from xelm.errors import XelmError
+
+    class Tiny(nnx.Module):
+        def __init__(self, value: float):
+            self.w = nnx.Param(jnp.full((4, 4), value))
+
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=2)
+    for step in (1, 2):
+        ckpt.save(step, nnx.state(Tiny(float(step))), {"step": step})
+    ckpt.wait()
+    for f in (tmp_path / "checkpoints" / "2").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and f.name != "_CHECKPOINT_METADATA":
+            f.write_bytes(b"\0" * 7)  # truncated garbage
+    with pytest.raises(XelmError, match="checkpoints/2 cannot be restored"):
+        Checkpointer(tmp_path / "checkpoints").restore(nnx.state(Tiny(0.0)))
+    shutil.rmtree(tmp_path / "checkpoints" / "2")  # the README's recovery step
+    state, meta = Checkpointer(tmp_path / "checkpoints").restore(nnx.state(Tiny(0.0)))
+    assert meta["step"] == 1 and float(state["w"].value[0, 0]) == 1.0

@@ -39,18 +39,26 @@ def distance_from_cluster(metrics: dict) -> dict[str, float]:
 
 
 def plot_losses(metrics: dict, path: Path) -> Path:
+    """Left: X-ELM against dense per language (below the diagonal: X-ELM better). Right: the
+    per-language difference, sorted."""
     head = metrics["headline"]["ensemble"]
-    rows = [(lang, r["dense"], r[head]) for lang, r in metrics["languages"].items()
+    rows = [(r["dense"], r[head]) for r in metrics["languages"].values()
             if r.get("dense") is not None and r.get(head) is not None and r.get("cluster")]
-    rows.sort(key=lambda r: r[2] - r[1])
-    fig, ax = plt.subplots(figsize=(10, 4))
-    x = np.arange(len(rows))
-    ax.plot(x, [r[1] for r in rows], ".", ms=3, label="dense (equal compute)")
-    ax.plot(x, [r[2] for r in rows], ".", ms=3, label=f"X-ELM ({head})")
-    ax.set_xlabel("languages, sorted by X-ELM − dense")
-    ax.set_ylabel("test masked-LM loss")
-    ax.set_title("Per-language held-out loss: dense vs X-ELM")
-    ax.legend()
+    dense, xelm = np.array(rows).T if rows else (np.zeros(0), np.zeros(0))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.scatter(dense, xelm, s=6, alpha=0.6)
+    if len(rows):
+        lo, hi = min(dense.min(), xelm.min()), max(dense.max(), xelm.max())
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax.set_xlabel("dense model (equal compute)")
+    ax.set_ylabel(f"X-ELM ({head})")
+    ax.set_title("Test loss per language (below the line: X-ELM better)")
+    delta = np.sort(xelm - dense)
+    bx.bar(np.arange(len(delta)), delta, width=1.0, color=np.where(delta < 0, "C2", "C3"))
+    bx.axhline(0, color="grey", lw=0.8)
+    bx.set_xlabel(f"languages, sorted ({(delta < 0).mean():.0%} below zero)" if len(delta) else "languages")
+    bx.set_ylabel("X-ELM − dense loss (nats)")
+    bx.set_title("Per-language difference")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -85,14 +93,14 @@ def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path
 def plot_confusion(routing: dict, path: Path) -> Path:
     names, conf = routing["experts"], np.array(routing["confusion"], float)
     conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1 + 0.5 * len(names)))
+    fig, ax = plt.subplots(figsize=(max(6, 2.5 + 0.6 * len(names)), max(5, 2.5 + 0.5 * len(names))))
     im = ax.imshow(conf, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("expert chosen (TF-IDF, top-1)")
     ax.set_ylabel("expert of the text's language")
     fig.colorbar(im, ax=ax, fraction=0.04)
-    ax.set_title("Routing confusion (rows sum to 1)")
+    ax.set_title("Routing confusion (rows sum to 1)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -117,9 +125,12 @@ def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
         vals = [np.mean([acc[lang] for lang in acc if fam[lang] == f]) for f in top]
         ax.bar(np.arange(len(top)) + (j - 0.5) * width, vals, width, label=model)
     ax.set_xticks(range(len(top)), [f"{f} ({counts[f]})" for f in top], rotation=40, ha="right", fontsize=8)
+    if "chance" in transfer:
+        ax.axhline(transfer["chance"]["classification"], ls="--", color="grey", lw=1,
+                   label="guessing (most common article)")
     ax.set_ylabel("zero-shot article classification accuracy")
     ax.set_title("Cross-lingual transfer from English, by language family")
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -17,12 +17,11 @@ from routing import langid as langid_mod
 from routing import tfidf as tfidf_mod
 from routing.ensemble import mixture_embeddings, mixture_vocab_logprobs, sequential
 from routing.language import LanguageRouter
-from routing.masking import batches, check_texts, encode, existing_masks
+from routing.masking import MASK_RATIO, batches, check_texts, encode, existing_masks
 from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
 from routing.routes import Routing, check_top_k
 from routing.runfiles import expert_scripts, expert_texts, letter_scripts
-from routing.masking import MASK_RATIO
 from routing.scoring import BATCH_TOKENS, MAX_LEN, label_table, mixture_nll, per_token, prepare
 from xelm.errors import XelmError
 from xelm.rundir import load_run_config

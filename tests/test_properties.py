@@ -27,7 +27,8 @@ TEXTS = st.one_of(
     st.tuples(st.sampled_from(SENTENCES), st.integers(30, 120)).map(lambda t: " ".join([t[0]] * t[1])),  # long
     st.sampled_from(["\u200b", "\u0301\u0301", "\ufeff\u200d", "\x00\x01", "!?…", "🙂🙂"]),  # empty once normalised
 )
-PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True,  # the same examples in CI every time
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_the_mixture_at_a_mask_is_a_probability_distribution(xelm, text, router,
     assert np.isnan(loss[0]) or loss[0] >= 0  # NaN only when nothing in the text can be masked
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(w=st.lists(st.lists(st.floats(0, 1e6), min_size=1, max_size=6), min_size=1, max_size=4)
        .filter(lambda rows: len({len(r) for r in rows}) == 1 and all(sum(r) > 0 for r in rows)),
        k=st.integers(1, 6))

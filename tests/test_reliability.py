@@ -137,7 +137,7 @@ def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 300) -
     while not ready():
         assert proc.poll() is None, f"the process ended before it could be killed:\n{log.read_text()[-3000:]}"
         assert time.time() - t0 < timeout, "timed out waiting to kill"
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 

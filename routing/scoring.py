@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 from flax import nnx
-from scipy.special import logsumexp
 
 from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
 from routing.masking import MASK_RATIO, batches, check_texts, choose_masks, encode
@@ -58,9 +57,8 @@ def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = 
 
 def mixture_loss(lp_ExNxK: np.ndarray, w_NxK: np.ndarray, weights_NxE: np.ndarray) -> np.ndarray:
     """Per-text loss of the mixture Σ_e w_e p_e(token) from a :func:`label_table` (numpy: any
-    number of routings, no model run); the same number ``XELM.score`` computes."""
-    logw_ExNx1 = np.log(np.maximum(weights_NxE, 1e-30)).T[..., None]
-    mix_NxK = logsumexp(logw_ExNx1 + lp_ExNxK, axis=0)
+    number of routings, no model run); the same maths as ``mixture_nll``, so the same numbers."""
+    mix_NxK = np.asarray(mixture_logprobs(lp_ExNxK, np.log(np.maximum(weights_NxE, 1e-30))), np.float64)
     return per_token(-(mix_NxK * w_NxK).sum(1), w_NxK.sum(1))
 
 

@@ -52,6 +52,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     from xelm.data import load_corpus
     from xelm.rundir import load_run_config
     from xelm.tokenizer import load_tokenizer
+    from xelm.transfer import paragraphs
     from xelm.weights import load_weights
 
     run_dir = Path(run_dir)
@@ -66,12 +67,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     test = load_corpus(cfg.data.corpus, languages=None)["test"]
     keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
     test = test.select(keep)
-    texts, langs = [], []  # one text per paragraph: short, and each a natural unit of the article
-    for lang, text in zip(test["lang"], test["text"]):
-        for para in text.split("\n"):
-            if para.strip():
-                texts.append(para)
-                langs.append(lang)
+    texts, langs = paragraphs(test["lang"], test["text"])  # short, each a natural unit of the article
     if not texts:
         raise XelmError("the test split has no text in the experts' languages")
     say = tqdm.write if progress else (lambda *a: None)

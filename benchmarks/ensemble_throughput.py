@@ -46,13 +46,12 @@ def main() -> None:
     import jax
     from flax import nnx
 
-    from experts.training import load_base
     from routing import XELM
     from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
     from routing.masking import batches
     from routing.runfiles import corpus_split
     from routing.scoring import mixture_nll, prepare, score_model
-    from xelm.weights import load_weights
+    from xelm.rundir import RunDir
 
     xelm = XELM.from_run(args.run_dir, batch_tokens=args.batch_tokens)
     tok, e = xelm.tokenizer, len(xelm.names)
@@ -61,9 +60,9 @@ def main() -> None:
     texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:args.texts]]
     seqs, masks = prepare(tok, texts, xelm.max_len)
     n_tokens = sum(len(s) for s in seqs)
-    baseline = args.run_dir / "baseline" / "model"
-    has_baseline = (baseline / "model.json").exists()
-    dense = load_weights(baseline) if has_baseline else load_base(args.run_dir)
+    run = RunDir(args.run_dir)
+    has_baseline = run.has_dense()
+    dense = run.dense() if has_baseline else run.base()
     print(f"{jax.default_backend()} ({jax.device_count()} device(s)); {len(texts)} texts, {n_tokens:,} tokens; "
           f"{e} experts; {args.batch_tokens} padded tokens per call; best of {args.rounds} interleaved rounds")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from clustering import uriel
+from clustering.tfidf import TfidfSpace
 from xelm.languages import language_name
 
 STAND_INS = {
@@ -41,8 +42,6 @@ def resolve_uriel(languages: list[str], texts_by_lang: dict[str, list[str]] | No
 
 def nearest_by_tfidf(queries: list[str], texts_by_lang: dict[str, list[str]]) -> dict[str, tuple[str, float]]:
     """For each query language with texts, the nearest language with texts that URIEL has."""
-    from clustering.tfidf import TfidfSpace
-
     queries = [q for q in queries if texts_by_lang.get(q)]
     candidates = sorted(lang for lang in texts_by_lang if uriel.has_uriel(lang) and texts_by_lang[lang])
     if not queries or not candidates:

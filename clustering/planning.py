@@ -17,9 +17,10 @@ import numpy as np
 
 from clustering import uriel
 from clustering.fallbacks import resolve_uriel
+from clustering.geometry import compare_with_typology, geometry_clusters
 from clustering.methods import agglomerative, balanced_agglomerative
 from clustering.naming import cluster_names
-from clustering.tfidf import TfidfSpace
+from clustering.tfidf import TfidfSpace, fit_clusters
 from clustering.typology import WEIGHTS, typology_distances
 from xelm.errors import XelmError
 from xelm.languages import check_language
@@ -71,8 +72,6 @@ def make_plan(languages: list[str], method: str = "typology", k: int = 8,
         if missing:
             raise XelmError(f"--method tfidf needs texts for every language; none for {', '.join(missing[:10])}"
                             f"{' ...' if len(missing) > 10 else ''} (give --corpus)")
-        from clustering.tfidf import fit_clusters
-
         space, labels, x_NxD = fit_clusters(["\n".join(texts_by_lang[lang]) for lang in languages], k,
                                             weights, balanced, seed)
         d = np.clip(1.0 - x_NxD @ x_NxD.T, 0.0, 2.0)
@@ -109,8 +108,6 @@ def make_plan(languages: list[str], method: str = "typology", k: int = 8,
 
 def _model_clusters(languages, k, embeddings, weights, balanced, proxy):
     """The model's clusters, and their agreement with typology over the languages URIEL can place."""
-    from clustering.geometry import compare_with_typology, geometry_clusters
-
     if not embeddings:
         raise XelmError("--method model needs per-language embeddings from the base encoder")
     missing = [lang for lang in languages if lang not in embeddings]
@@ -132,8 +129,8 @@ def _name_clusters(languages, labels, weights, proxy) -> tuple[np.ndarray, list[
     """Clusters ordered by share (largest first, then first member), named by dominant family."""
     share = weights if weights is not None else np.ones(len(languages))
     clusters = sorted(np.unique(labels), key=lambda c: (-share[labels == c].sum(),
-                                                        min(lang for lang, l in zip(languages, labels) if l == c)))
-    groups = [sorted(proxy.get(lang, lang) for lang, l in zip(languages, labels) if l == c) for c in clusters]
+                                                        min(lang for lang, lab in zip(languages, labels) if lab == c)))
+    groups = [sorted(proxy.get(lang, lang) for lang, lab in zip(languages, labels) if lab == c) for c in clusters]
     return np.array(clusters), cluster_names(groups)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
 
+from clustering.methods import balanced_kmeans, kmeans
 from xelm.errors import XelmError
 
 FORMAT = "xelm-tfidf-1"
@@ -40,7 +41,7 @@ class TfidfSpace:
 
     @classmethod
     def fit(cls, documents: list[str], dimensions: int = DIMENSIONS, max_features: int = MAX_FEATURES,
-            ngram_range: tuple[int, int] = NGRAMS, seed: int = 0) -> tuple["TfidfSpace", np.ndarray]:
+            ngram_range: tuple[int, int] = NGRAMS, seed: int = 0) -> tuple[TfidfSpace, np.ndarray]:
         """Fit on documents (e.g. one per language); returns the space and the documents' vectors."""
         from sklearn.decomposition import TruncatedSVD
 
@@ -96,7 +97,7 @@ class TfidfSpace:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TfidfSpace":
+    def load(cls, directory: str | Path) -> TfidfSpace:
         directory = Path(directory)
         meta_file, arrays_file = directory / "tfidf.json", directory / "tfidf.npz"
         if not meta_file.is_file() or not arrays_file.is_file():
@@ -121,8 +122,6 @@ class TfidfSpace:
 def fit_clusters(documents: list[str], k: int, sizes_N: np.ndarray | None = None, balanced: bool = False,
                  seed: int = 0) -> tuple[TfidfSpace, np.ndarray, np.ndarray]:
     """Fit the space, cluster the documents (balanced k-means, or plain k-means); space, labels, vectors."""
-    from clustering.methods import balanced_kmeans, kmeans
-
     space, x_NxD = TfidfSpace.fit(documents, seed=seed)
     if balanced:
         labels, centroids = balanced_kmeans(x_NxD, k, sizes_N, seed=seed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ def _load(name: str) -> dict[str, np.ndarray]:
         return {key: f[key] for key in f.files}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _knn() -> dict:
     db = _load("feature_predictions.npz")
     data = db["data"][:, :, 0]
@@ -54,7 +54,7 @@ def _knn() -> dict:
     return {"index": {lang: i for i, lang in enumerate(db["langs"].tolist())}, **sets}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _families() -> dict:
     db = _load("family_features.npz")
     member = db["data"][:, :, 0] == 1
@@ -62,7 +62,7 @@ def _families() -> dict:
             "member": member, "nodes": [f.removeprefix("F_") for f in db["feats"].tolist()]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _coordinates() -> dict:
     """Solve cos(pi * d_i) = x . p_i for each language's unit vector x (exact up to rounding)."""
     db = _load("geocoord_features.npz")

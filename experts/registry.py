@@ -20,14 +20,14 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 
 from etils import epath
 from filelock import FileLock
 
 from xelm.errors import XelmError
 from xelm.model import Encoder
-from xelm.weights import load_weights, save_weights
+from xelm.rundir import RunDir
+from xelm.weights import checksum, load_weights, save_weights
 
 FORMAT = 1
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -86,7 +86,6 @@ class Registry:
         """The expert's encoder, checksum verified; damage is reported with its name."""
         card = self.card(name)
         model = load_weights(str(self.root / name / "weights"), name=f"expert {name!r}")
-        from xelm.weights import checksum
         if checksum(model) != card["checksum"]:
             raise XelmError(f"expert {name!r}: weights do not match its card's checksum; "
                             f"remove it with `xelm expert remove {name}` and train it again")
@@ -177,3 +176,11 @@ def _rmtree(path: epath.Path) -> None:
         shutil.rmtree(str(path), ignore_errors=True)
     else:
         path.rmtree()
+
+
+def run_registry(run_dir, registry: str | os.PathLike | None = None) -> Registry:
+    """The registry given, or the run's own (``DIR/registry``; ``DIR`` must be a run)."""
+    run = RunDir(run_dir)
+    if registry is None:
+        run.config()  # a clear error when DIR is not a run directory
+    return Registry(registry or run.registry_dir)

@@ -4,32 +4,24 @@ explicit token budget, register it. Also the equal-compute dense baseline and HM
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 from pathlib import Path
 
-from experts.registry import Registry, check_name
+from experts.registry import check_name, run_registry
 from experts.typology import nearest_expert, typology_centroid
-from xelm.batches import TokenizedCorpus, make_batch
+from xelm.batches import VALIDATION_SEED, TokenizedCorpus, make_batch
 from xelm.config import RunConfig, Stage
 from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
+from xelm.files import read_json, write_json
 from xelm.languages import parse_language_list
 from xelm.model import Encoder
-from xelm.rundir import load_run_config
-from xelm.tokenizer import load_tokenizer
+from xelm.rundir import RunDir
 from xelm.train import evaluate_loss, train
-from xelm.weights import load_weights, save_weights
+from xelm.weights import save_weights
 
 EVAL_BATCHES = 4
-
-
-def registry_of(run_dir: str | Path, registry: str | None = None) -> Registry:
-    """The registry given, or the run's own (``DIR/registry``; ``DIR`` must be a run)."""
-    if registry is None:
-        load_run_config(run_dir)  # a clear error when DIR is not a run directory
-    return Registry(registry or Path(run_dir) / "registry")
 
 
 def check_tokens(tokens: int | None, default: int | None = None) -> int:
@@ -39,21 +31,6 @@ def check_tokens(tokens: int | None, default: int | None = None) -> int:
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise XelmError(f"--tokens {tokens!r} is out of range: give a positive token budget (tokens to train on)")
     return tokens
-
-
-def load_plan(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "clusters.json"
-    if not path.is_file():
-        raise XelmError(f"no cluster plan at {path}: run `xelm cluster --run-dir {run_dir} ...` first")
-    return json.loads(path.read_text())
-
-
-def load_base(run_dir: str | Path) -> Encoder:
-    path = Path(run_dir) / "base" / "model"
-    if not (path / "model.json").exists():
-        raise XelmError(f"no finished base encoder in {run_dir}: run `xelm pretrain --run-dir {run_dir}` "
-                        "to the end first")
-    return load_weights(path, name="the base encoder")
 
 
 def budget_config(cfg: RunConfig, languages: list[str], tokens: int) -> RunConfig:
@@ -76,16 +53,18 @@ def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages:
     part = split.select(rows)
     corpus = TokenizedCorpus.from_texts(tokenizer, part["lang"], part["text"])
     probs = {lang: 1 / len(corpus.docs) for lang in corpus.docs}
-    batches = [make_batch(corpus, probs, cfg.data.batch_size, cfg.data.seq_len, cfg.experts.mask_ratio,
-                          tokenizer.mask_token_id, cfg.model.vocab_size, 12345, i) for i in range(EVAL_BATCHES)]
+    batches = [make_batch(corpus, probs, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+                          mask_ratio=cfg.experts.mask_ratio, mask_id=tokenizer.mask_token_id,
+                          vocab_size=cfg.model.vocab_size, seed=VALIDATION_SEED, step=i)[0]
+               for i in range(EVAL_BATCHES)]
     return evaluate_loss(model, batches)
 
 
 def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: int, work: Path,
                 corpus_spec: str | None, progress: bool, desc: str):
     """Train a copy of ``parent`` on ``languages``; returns (result, cfg, validation loss)."""
-    cfg = load_run_config(run_dir)
-    tok = load_tokenizer(run_dir / "tokenizer")
+    run = RunDir(run_dir)
+    cfg, tok = run.config(), run.tokenizer()
     corpus = load_corpus(corpus_spec or cfg.data.corpus, languages=languages)
     split = corpus["train"]
     empty = [lang for lang in languages if lang not in set(split["lang"])]
@@ -102,19 +81,19 @@ def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: in
 def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, registry: str | None = None,
                  progress: bool = True) -> dict:
     """Branch the base and train it on one cluster of ``DIR/clusters.json``; register it."""
-    run_dir = Path(run_dir)
-    tokens = check_tokens(tokens, load_run_config(run_dir).experts.tokens)
-    plan = load_plan(run_dir)
+    run = RunDir(run_dir)
+    tokens = check_tokens(tokens, run.config().experts.tokens)
+    plan = run.plan()
     if cluster not in plan["clusters"]:
-        raise XelmError(f"no cluster named {cluster!r} in {run_dir / 'clusters.json'} "
+        raise XelmError(f"no cluster named {cluster!r} in {run.plan_file} "
                         f"(clusters: {', '.join(plan['clusters'])})")
-    reg = registry_of(run_dir, registry)
+    reg = run_registry(run, registry)
     name = check_name(cluster)
     if name in reg.names():
         return {**reg.card(name), "skipped": True}
     languages = sorted(plan["clusters"][cluster])
-    work = run_dir / "experts" / name
-    result, bcfg, val, texts = _train_copy(run_dir, load_base(run_dir), languages, tokens, work, None,
+    work = run.expert_work(name)
+    result, bcfg, val, texts = _train_copy(run.root, run.base(), languages, tokens, work, None,
                                            progress, f"expert {name}")
     card = {"name": name, "kind": "cluster", "languages": languages, "parent": "base",
             "tokens_trained": result.tokens, "tokens_by_lang": result.tokens_by_lang,
@@ -130,18 +109,18 @@ def train_all(run_dir: str | Path, tokens: int | None = None, registry: str | No
               progress: bool = True) -> list[dict]:
     """Every cluster of the plan, one after another (each skipped once registered)."""
     check_tokens(tokens, 1)
-    return [train_expert(run_dir, name, tokens, registry, progress) for name in load_plan(run_dir)["clusters"]]
+    return [train_expert(run_dir, name, tokens, registry, progress) for name in RunDir(run_dir).plan()["clusters"]]
 
 
 def train_baseline(run_dir: str | Path, registry: str | None = None, progress: bool = True) -> dict:
     """The dense model at equal compute: the base continued on all languages for the sum of
     the cluster experts' tokens. Saved under ``DIR/baseline`` with its token accounting."""
-    run_dir = Path(run_dir)
-    out = run_dir / "baseline"
-    if (out / "summary.json").exists() and (out / "model" / "model.json").exists():
-        return {**json.loads((out / "summary.json").read_text()), "skipped": True}
-    plan = load_plan(run_dir)
-    reg = registry_of(run_dir, registry)
+    run = RunDir(run_dir)
+    out = run.baseline_dir
+    if run.has_dense():
+        return {**run.dense_summary(), "skipped": True}
+    plan = run.plan()
+    reg = run_registry(run, registry)
     cards = [c for c in reg.cards() if c.get("kind") == "cluster" and c["name"] in plan["clusters"]]
     missing = sorted(set(plan["clusters"]) - {c["name"] for c in cards})
     if missing:
@@ -149,40 +128,33 @@ def train_baseline(run_dir: str | Path, registry: str | None = None, progress: b
                         f"(`xelm expert train --run-dir {run_dir} --all`)")
     tokens = sum(c["tokens_trained"] for c in cards)
     languages = sorted({lang for c in cards for lang in c["languages"]})
-    result, bcfg, val, _ = _train_copy(run_dir, load_base(run_dir), languages, tokens, out, None,
+    result, bcfg, val, _ = _train_copy(run.root, run.base(), languages, tokens, out, None,
                                        progress, "dense baseline")
-    save_weights(result.model, out / "model")
+    save_weights(result.model, run.dense_model)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     summary = {"kind": "dense", "languages": languages, "tokens_trained": result.tokens,
                "expert_tokens": {c["name"]: c["tokens_trained"] for c in cards},
                "train_loss": result.loss, "validation_loss": val}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(run.dense_summary_file, summary)
     return summary
-
-
-def load_dense(run_dir: str | Path) -> Encoder:
-    path = Path(run_dir) / "baseline" / "model"
-    if not (path / "model.json").exists():
-        raise XelmError(f"no dense baseline in {run_dir}: run `xelm baseline --run-dir {run_dir}` first")
-    return load_weights(path, name="the dense baseline")
 
 
 def train_control(run_dir: str | Path, language: str, parent: str, tokens: int, progress: bool = True) -> dict:
     """A comparison model for a new language at the HMR expert's budget: the base branched on it
     (``parent='base'``) or the dense baseline continued on it (``parent='dense'``). Saved under
     ``DIR/controls/<parent>-<language>``, not registered: it is a yardstick, not an expert."""
-    run_dir = Path(run_dir)
-    out = run_dir / "controls" / f"{parent}-{language}"
+    run = RunDir(run_dir)
+    out = run.control(parent, language)
     if (out / "summary.json").exists() and (out / "model" / "model.json").exists():
-        return {**json.loads((out / "summary.json").read_text()), "skipped": True}
-    model = {"base": load_base, "dense": load_dense}[parent](run_dir)
-    result, _, val, _ = _train_copy(run_dir, model, [language], tokens, out, None, progress,
+        return {**read_json(out / "summary.json", "control summary", f"delete {out} and re-run"), "skipped": True}
+    model = {"base": run.base, "dense": run.dense}[parent]()
+    result, _, val, _ = _train_copy(run.root, model, [language], tokens, out, None, progress,
                                     f"{parent}+{language}")
     save_weights(result.model, out / "model")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     summary = {"name": out.name, "parent": parent, "languages": [language], "tokens_trained": result.tokens,
                "train_loss": result.loss, "validation_loss": val}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -192,22 +164,22 @@ def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, p
     """HMR: a new expert for ``languages``, branched from the typologically nearest expert
     (``auto``; nearest of ``among`` when given), the base, or a named expert. No other expert's
     files change."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     tokens = check_tokens(tokens)
     langs = parse_language_list(languages) if isinstance(languages, str) else list(languages)
-    reg = registry_of(run_dir, registry)
+    reg = run_registry(run, registry)
     name = check_name(name or "hmr-" + "-".join(langs))
     if name in reg.names():
         raise XelmError(f"an expert named {name!r} already exists in {reg.root}: choose another --name")
-    cfg = load_run_config(run_dir)
+    cfg = run.config()
     texts = texts_by_lang(load_corpus(corpus or cfg.data.corpus, languages=langs)["train"])
     distance = None
     if parent == "auto":
         cards = [c for c in reg.cards() if among is None or c["name"] in among]
         parent, distance = nearest_expert(langs, cards, texts)
-    parent_model = load_base(run_dir) if parent == "base" else reg.load(parent)
-    work = run_dir / "experts" / name
-    result, bcfg, val, texts = _train_copy(run_dir, parent_model, langs, tokens, work, corpus,
+    parent_model = run.base() if parent == "base" else reg.load(parent)
+    work = run.expert_work(name)
+    result, bcfg, val, texts = _train_copy(run.root, parent_model, langs, tokens, work, corpus,
                                            progress, f"expert {name}")
     card = {"name": name, "kind": "hmr", "languages": langs, "parent": parent,
             "parent_distance": distance, "tokens_trained": result.tokens,

@@ -10,7 +10,7 @@ from clustering.typology import typology_distances
 from xelm.errors import XelmError
 
 
-def _proxies(languages: list[str], texts_by_lang: dict[str, list[str]] | None) -> dict[str, str]:
+def uriel_proxies(languages: list[str], texts_by_lang: dict[str, list[str]] | None) -> dict[str, str]:
     proxy, _, unresolved = resolve_uriel(sorted(set(languages)), texts_by_lang)
     if unresolved:
         raise XelmError(f"language(s) {', '.join(unresolved)} are not in URIEL and have no text to "
@@ -20,7 +20,7 @@ def _proxies(languages: list[str], texts_by_lang: dict[str, list[str]] | None) -
 
 def typology_centroid(languages: list[str], texts_by_lang=None) -> list[float]:
     """Mean URIEL syntax + phonology + inventory (kNN) vector of ``languages``."""
-    proxy = _proxies(languages, texts_by_lang)
+    proxy = uriel_proxies(languages, texts_by_lang)
     codes = [proxy[lang] for lang in languages]
     parts = [uriel.knn_vectors(codes, name).mean(axis=0) for name in uriel.KNN_SETS]
     return [round(float(x), 4) for x in np.concatenate(parts)]
@@ -31,7 +31,7 @@ def nearest_expert(new_languages: list[str], cards: list[dict], texts_by_lang=No
     if not cards:
         raise XelmError("the registry has no experts to branch from: use --parent base")
     all_langs = sorted({*new_languages, *(lang for c in cards for lang in c["languages"])})
-    proxy = _proxies(all_langs, texts_by_lang)
+    proxy = uriel_proxies(all_langs, texts_by_lang)
     codes = sorted(set(proxy.values()))
     d = typology_distances(codes)
     at = {c: i for i, c in enumerate(codes)}

@@ -12,20 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from experts.training import registry_of
+from experts.registry import run_registry
 from routing import langid as langid_mod
 from routing import tfidf as tfidf_mod
 from routing.ensemble import mixture_embeddings, mixture_vocab_logprobs, sequential
 from routing.language import LanguageRouter
-from routing.masking import MASK_RATIO, batches, check_texts, encode, existing_masks
+from routing.masking import MASK_RATIO, check_texts, encode, existing_masks
 from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
 from routing.routes import Routing, check_top_k
 from routing.runfiles import expert_scripts, expert_texts, letter_scripts
 from routing.scoring import BATCH_TOKENS, MAX_LEN, label_table, mixture_nll, per_token, prepare
+from xelm.batches import length_bucketed
+from xelm.batches import length_bucketed
 from xelm.errors import XelmError
-from xelm.rundir import load_run_config
-from xelm.tokenizer import load_tokenizer
+from xelm.rundir import RunDir
 
 ROUTERS = ("language", "tfidf", "posterior", "langid")
 MASK_MARKERS = re.compile(r"\s*(?:<mask>|\[MASK\])\s*")
@@ -66,7 +67,7 @@ class XELM:
         self.names = [c["name"] for c in self.cards]
         self.pool = ExpertPool(registry, cache_size)
         self.temperature, self.prior, self.batch_tokens = temperature, prior, batch_tokens
-        self.max_len = max_len or min(load_run_config(run_dir).model.max_len, MAX_LEN)
+        self.max_len = max_len or min(RunDir(run_dir).config().model.max_len, MAX_LEN)
         self._routers: dict[str, object] = {}
         self._scripts: set[str] | None = None
         self._loglik_memo: tuple[tuple[str, ...], np.ndarray] | None = None
@@ -74,11 +75,9 @@ class XELM:
     @classmethod
     def from_run(cls, run_dir: str | Path, registry: str | None = None, **options) -> XELM:
         """The run's experts (``DIR/registry`` unless ``registry`` is given) and tokenizer."""
-        load_run_config(run_dir)  # a clear error if this is not a run directory
-        tok_dir = Path(run_dir) / "tokenizer"
-        if not (tok_dir / "tokenizer.json").exists():
-            raise XelmError(f"no tokenizer in {run_dir}: run `xelm pretrain --run-dir {run_dir}` first")
-        return cls(run_dir, registry_of(run_dir, registry), load_tokenizer(tok_dir), **options)
+        run = RunDir(run_dir)
+        run.config()  # a clear error if this is not a run directory
+        return cls(run.root, run_registry(run, registry), run.tokenizer(), **options)
 
     # ------------------------------------------------------------------------- routing
     def router(self, name: str):
@@ -191,9 +190,9 @@ class XELM:
             raise XelmError(f"every <mask> lies beyond the first {self.max_len} tokens: shorten the text")
         (names, _, w), = self._groups(routing)
         graphdef, states = self.pool.stacked(names)
-        b = next(batches([seq], [where], tok.mask_token_id, tok.pad_token_id, 1, self.max_len))
-        logp = mixture_vocab_logprobs(graphdef, sequential(b.ids), states, np.log(w), b.ids, b.segment_ids,
-                                      b.positions, b.mask_positions)
+        _, b = next(length_bucketed([seq], [where], mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                                    batch_tokens=1, max_len=self.max_len))
+        logp = mixture_vocab_logprobs(graphdef, sequential(b), states, np.log(w), b)
         return np.array(logp)[0, :len(where)], seq, where
 
     def fill_mask(self, text: str, top_k: int = 5, router=None, experts_top_k: int | None = None, lang=None):
@@ -222,13 +221,13 @@ class XELM:
         for names, rows, w in self._groups(routing):
             graphdef, states = self.pool.stacked(names)
             empty = [np.zeros(0, np.int32)] * len(rows)
-            for b in batches([seqs[i] for i in rows], empty, self.tokenizer.mask_token_id,
-                             self.tokenizer.pad_token_id, self.batch_tokens, self.max_len):
-                w_BxE = np.zeros((len(b.ids), len(names)), np.float32)
-                w_BxE[:len(b.rows)] = w[b.rows]
-                vec = np.asarray(mixture_embeddings(graphdef, sequential(b.ids), states, w_BxE, b.ids, b.segment_ids,
-                                                    b.positions))
+            for b_rows, b in length_bucketed([seqs[i] for i in rows], empty, mask_id=self.tokenizer.mask_token_id,
+                                             pad_id=self.tokenizer.pad_token_id, batch_tokens=self.batch_tokens,
+                                             max_len=self.max_len):
+                w_BxE = np.zeros((len(b.input_ids_BxS), len(names)), np.float32)
+                w_BxE[:len(b_rows)] = w[b_rows]
+                vec = np.asarray(mixture_embeddings(graphdef, sequential(b), states, w_BxE, b))
                 if out is None:
                     out = np.zeros((len(texts), vec.shape[1]), np.float32)
-                out[np.asarray(rows)[b.rows]] = vec[:len(b.rows)]
+                out[np.asarray(rows)[b_rows]] = vec[:len(b_rows)]
         return out

@@ -20,7 +20,7 @@ from routing.language import LanguageRouter
 from routing.routes import Routing, softmax_rows
 from routing.runfiles import corpus_split, read_meta, router_dir, write_meta
 from xelm.errors import XelmError
-from xelm.rundir import load_run_config
+from xelm.rundir import RunDir
 
 NGRAMS = (1, 3)
 MAX_FEATURES = 2**15
@@ -99,7 +99,7 @@ def load_or_fit(run_dir: str | Path, languages: list[str] | None = None) -> Lang
     """``DIR/router/langid``: fitted on the run corpus's train split (all its languages, or
     ``languages``) the first time; its accuracy on the test split is saved beside it."""
     path = router_dir(run_dir) / "langid"
-    corpus = load_run_config(run_dir).data.corpus
+    corpus = RunDir(run_dir).config().data.corpus
     meta = read_meta(path / "langid.json")
     if meta and meta.get("corpus") == corpus and (languages is None or sorted(languages) == meta["languages"]):
         return LangId.load(path)

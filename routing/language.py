@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from clustering import uriel
 from experts.typology import nearest_expert
 from routing.routes import Routing
 from xelm.errors import XelmError
@@ -52,8 +53,6 @@ class LanguageRouter:
         return self._rows[code]
 
     def _nearest(self, code: str, texts) -> tuple[str, float]:
-        from clustering import uriel
-
         if not self.cards:
             raise XelmError("the registry has no experts to route to: train some with `xelm expert train`")
         refs = None

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 from xelm.data import load_corpus
-from xelm.rundir import load_run_config
+from xelm.data.writing_systems import char_script
+from xelm.errors import XelmError
+from xelm.files import read_json, write_json
+from xelm.rundir import RunDir
 
 MIN_LETTERS = 50
 
 
 def router_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "router"
+    return RunDir(run_dir).router_dir
 
 
 def fingerprint(cards: list[dict]) -> str:
@@ -30,18 +32,14 @@ def fingerprint(cards: list[dict]) -> str:
 
 
 def read_meta(path: Path) -> dict | None:
+    """A fitted router's file, or None when it is missing or damaged (then it is refitted)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json(path)
+    except XelmError:
         return None
 
 
-def write_meta(path: Path, meta: dict) -> None:
-    """Write, then rename: a reader (or another process) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+write_meta = write_json  # atomic: a reader (or another process) never sees half a file
 
 
 def cached_for(path: Path, cards: list[dict], compute: Callable[[], object], keep: int = 8):
@@ -58,7 +56,7 @@ def cached_for(path: Path, cards: list[dict], compute: Callable[[], object], kee
 def expert_texts(run_dir: str | Path, cards: list[dict], split: str = "train") -> dict[str, list[str]]:
     """Per language of any expert, its texts in ``split`` of the corpus it was trained on
     (the run's corpus, or an HMR expert's own)."""
-    default = load_run_config(run_dir).data.corpus
+    default = RunDir(run_dir).config().data.corpus
     by_corpus: dict[str, set[str]] = {}
     for c in cards:
         by_corpus.setdefault(c.get("corpus") or default, set()).update(c["languages"])
@@ -72,13 +70,11 @@ def expert_texts(run_dir: str | Path, cards: list[dict], split: str = "train") -
 
 def corpus_split(run_dir: str | Path, split: str, languages: list[str] | None = None):
     """``split`` of the run's corpus (a ``datasets.Dataset``), optionally some languages only."""
-    return load_corpus(load_run_config(run_dir).data.corpus, languages=languages)[split]
+    return load_corpus(RunDir(run_dir).config().data.corpus, languages=languages)[split]
 
 
 @lru_cache(maxsize=65536)
 def _script(ch: str) -> str | None:
-    from xelm.data.writing_systems import char_script
-
     return char_script(ch)
 
 

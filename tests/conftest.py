@@ -11,7 +11,6 @@ import pytest
 from xelm.data import load_corpus
 
 
-
 @pytest.fixture(scope="session")
 def udhr():
     """The embedded UDHR corpus: a DatasetDict with train/validation/test splits."""

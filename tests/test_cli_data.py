@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from xelm.cli import main
+from xelm.app.cli import main
 
 LANGS = ("eng", "fra", "rus", "hin", "amh")
 

@@ -5,7 +5,6 @@ Real lang2vec data and real UDHR text throughout; every test runs in seconds on 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -15,11 +14,11 @@ import numpy as np
 import pytest
 
 from clustering import TfidfSpace, make_plan, plan, uriel, write_plan
-from clustering.cli import register
 from clustering.geometry import compare_with_typology, embedding_distances, model_geometry
 from clustering.methods import balanced_assignment, balanced_kmeans, purity
 from clustering.naming import cluster_names, dominant_group
 from clustering.typology import WEIGHTS, typology_distances
+from xelm.app.cli import build_parser, dispatch
 from xelm.data import load_corpus
 from xelm.errors import XelmError
 
@@ -309,10 +308,7 @@ def test_plan_of_every_corpus_language(texts, tmp_path):
 
 # ------------------------------------------------------------------------------------ CLI
 def _run(argv):
-    parser = argparse.ArgumentParser(prog="xelm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return dispatch(build_parser().parse_args(argv))
 
 
 def test_cli_languages_to_file(tmp_path, capsys):

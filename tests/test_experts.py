@@ -14,7 +14,7 @@ import pytest
 
 from experts.registry import Registry
 from experts.training import add_language, train_baseline, train_control
-from xelm.cli import main
+from xelm.app.cli import main
 from xelm.errors import XelmError
 
 

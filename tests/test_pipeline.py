@@ -7,7 +7,7 @@ import shutil
 
 from conftest import TINY_CONFIG
 
-from xelm.demo import run_demo
+from xelm.app.demo import run_demo
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path):

@@ -21,7 +21,7 @@ from conftest import EXPERT_LANGUAGES, TINY_CONFIG
 
 from clustering import plan
 from experts.registry import Registry
-from xelm.cli import main
+from xelm.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

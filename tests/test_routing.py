@@ -4,7 +4,6 @@ contracts are tested here, not quality)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +14,12 @@ import pytest
 
 from routing import XELM, Routing, score_model
 from routing.ensemble import label_logprobs, mixture_vocab_logprobs
-from routing.langid import LangId, load_or_fit as load_or_fit_langid
+from routing.langid import LangId
+from routing.langid import load_or_fit as load_or_fit_langid
 from routing.masking import batches
 from routing.routes import keep_top_k
 from routing.scoring import mixture_loss, prepare
+from xelm.app.cli import build_parser, dispatch
 from xelm.errors import XelmError
 
 TEXTS = ["Alle Menschen sind frei und gleich an Würde und Rechten geboren.",
@@ -219,12 +220,8 @@ def test_run_without_experts_is_a_clear_error(run, tmp_path):
 
 # --------------------------------------------------------------------------------- CLI
 def _cli(argv: list[str], capsys):
-    from routing.cli import register
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    args = build_parser().parse_args(argv)
+    assert dispatch(args) == 0
     return json.loads(capsys.readouterr().out)
 
 

@@ -9,8 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from xelm.errors import XelmError
-from xelm.tokenizer import (BYTE_TOKENS, SPECIAL_TOKENS, load_tokenizer, plot_fertility,
-                            tokenizer_stats, train_tokenizer)
+from xelm.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS, load_tokenizer, plot_fertility, tokenizer_stats, train_tokenizer
 
 SAMPLES = {
     "latin_diacritics": "Ça déjà vu: naïve Ångström, żółć, Việt Nam, Ōsaka, ñandú, Ærø, İstanbul, ß.",

@@ -129,7 +129,7 @@ def test_resume_is_exact_and_loss_falls(tmp_path, tiny_tokenizer, tiny_overrides
 
 
 def test_changed_config_in_existing_run_dir_is_refused(tmp_path, tiny_tokenizer, tiny_overrides):
-    from xelm.cli import main
+    from xelm.app.cli import main
     run = _run_dir(tmp_path, "run", tiny_tokenizer)
     args = ["pretrain", "--config", str(TINY), "--run-dir", str(run), "--max-steps", "1", "--json"]
     assert main([*args, *tiny_overrides]) == 0

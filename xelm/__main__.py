@@ -1,3 +1,3 @@
-from xelm.cli import main
+from xelm.app.cli import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 
 import pycountry
 
@@ -14,12 +14,12 @@ _ISO3 = re.compile(r"^[a-z]{3}$")
 _SPECIAL = {"mis": "uncoded", "mul": "multiple languages", "und": "undetermined", "zxx": "no linguistic content"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _by_alpha3() -> dict[str, str]:
     return {lang.alpha_3: lang.name for lang in pycountry.languages}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _alpha2_to_3() -> dict[str, str]:
     return {lang.alpha_2: lang.alpha_3 for lang in pycountry.languages if hasattr(lang, "alpha_2")}
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from xelm import rundir
 from xelm.batches import TokenizedCorpus
 from xelm.config import RunConfig
 from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
+from xelm.files import write_json
+from xelm.rundir import RunDir
 from xelm.tokenizer import load_tokenizer, train_tokenizer
 from xelm.train import train
 from xelm.weights import save_weights
@@ -23,9 +23,9 @@ def training_languages(cfg: RunConfig, available: list[str]) -> list[str]:
     return langs
 
 
-def ensure_tokenizer(cfg: RunConfig, run_dir: Path, corpus, progress: bool = True):
+def ensure_tokenizer(cfg: RunConfig, run: RunDir, corpus, progress: bool = True):
     """The run's tokenizer, trained on the training languages the first time."""
-    path = run_dir / "tokenizer"
+    path = run.tokenizer_dir
     if not (path / "tokenizer.json").exists():
         tc = cfg.tokenizer
         train_tokenizer(texts_by_lang(corpus["train"]), tc.vocab_size, path, temperature=tc.temperature,
@@ -39,27 +39,25 @@ def ensure_tokenizer(cfg: RunConfig, run_dir: Path, corpus, progress: bool = Tru
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run's base encoder; returns a summary that is also saved."""
-    run_dir = rundir.prepare(run_dir, cfg)
-    done = run_dir / "base" / "summary.json"
-    if done.exists() and (run_dir / "base" / "model" / "model.json").exists():
-        summary = json.loads(done.read_text())
+    run = RunDir(run_dir).prepare(cfg)
+    if run.base_summary_file.exists() and run.has_base():
+        summary = run.base_summary()
         if summary.get("complete"):
             summary.pop("tokens_by_lang", None)
             return {**summary, "skipped": True}
     full = load_corpus(cfg.data.corpus)
     langs = training_languages(cfg, sorted(set(full["train"]["lang"])))
     corpus = load_corpus(cfg.data.corpus, languages=langs)
-    tok = ensure_tokenizer(cfg, run_dir, corpus, progress)
+    tok = ensure_tokenizer(cfg, run, corpus, progress)
     train_split = corpus["train"]
     tokenized = TokenizedCorpus.from_texts(tok, train_split["lang"], train_split["text"])
-    result = train(cfg, tokenized, run_dir / "base", mask_id=tok.mask_token_id, max_steps=max_steps,
+    result = train(cfg, tokenized, run.base_dir, mask_id=tok.mask_token_id, max_steps=max_steps,
                    progress=progress, desc="pretrain")
     if result.step >= cfg.train.steps:
-        save_weights(result.model, run_dir / "base" / "model")
+        save_weights(result.model, run.base_model)
     summary = {"step": result.step, "steps": cfg.train.steps, "loss": result.loss, "tokens": result.tokens,
                "languages": len(langs), "resumed_from": result.resumed_from,
                "complete": result.step >= cfg.train.steps,
-               "metrics": str(run_dir / "base" / "metrics.jsonl"), "plot": str(run_dir / "base" / "loss.png")}
-    (run_dir / "base" / "summary.json").write_text(json.dumps(
-        {**summary, "tokens_by_lang": result.tokens_by_lang}, indent=2) + "\n")
+               "metrics": str(run.base_dir / "metrics.jsonl"), "plot": str(run.base_dir / "loss.png")}
+    write_json(run.base_summary_file, {**summary, "tokens_by_lang": result.tokens_by_lang})
     return summary

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from xelm.data.writing_systems import dominant_script
 from xelm.errors import XelmError
-from xelm.languages import check_language, language_name, to_iso3
+from xelm.languages import language_name, to_iso3
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("lang", "tag", "name", "script", "unit", "heading", "text")

@@ -7,30 +7,34 @@ dense baseline -> HMR experts for the held-out languages -> evaluation report, w
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from clustering.build import build_plan
+from clustering.planning import write_plan
+from experts.registry import run_registry
+from experts.training import add_language, train_all, train_baseline, train_control
+from xelm.app.console import print_json
+from xelm.app.evaluate import evaluate
 from xelm.config import load_config
 from xelm.data import corpus_stats, load_corpus
 from xelm.errors import XelmError
+from xelm.files import write_json
 from xelm.pretrain import pretrain
+from xelm.rundir import RunDir
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "udhr-demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "udhr-demo.yaml"
 STAGES = 7
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
              progress: bool = True) -> dict:
-    from clustering.cli import build_plan
-    from clustering.planning import write_plan
-    from experts.training import add_language, registry_of, train_all, train_baseline, train_control
-
     config = Path(config) if config else DEFAULT_CONFIG
     if not config.is_file():
         raise XelmError(f"demo config {config} not found: pass --config FILE")
     cfg = load_config(config, overrides)
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.root
     say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
 
@@ -44,12 +48,11 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
         + (" (already complete)" if base.get("skipped") else ""))
 
     ec = cfg.experts
-    plan_path = run_dir / "clusters.json"
-    if not plan_path.exists():
-        languages = sorted(json.loads((run_dir / "base" / "summary.json").read_text())["tokens_by_lang"])
+    if not run.plan_file.exists():
+        languages = sorted(run.base_summary()["tokens_by_lang"])
         result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir)
-        write_plan(result, plan_path)
-    plan = json.loads(plan_path.read_text())
+        write_plan(result, run.plan_file)
+    plan = run.plan()
     say(f"[3/{STAGES}] {plan['method']} cluster plan, k={plan['k']}: "
         + ", ".join(f"{n} ({len(m)})" for n, m in plan["clusters"].items()))
 
@@ -63,7 +66,7 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     say(f"      dense: {dense['tokens_trained']:,} tokens, validation loss {dense['validation_loss']:.3f}")
 
     say(f"[6/{STAGES}] new languages by HMR: {', '.join(cfg.data.exclude_languages) or 'none held out'}")
-    registry = registry_of(run_dir)
+    registry = run_registry(run)
     added = []
     for lang in cfg.data.exclude_languages:
         # Branched from the nearest *cluster* expert: not from an earlier HMR expert, whose extra
@@ -79,7 +82,6 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
               f"{controls['base']['validation_loss']:.3f}, dense continued {controls['dense']['validation_loss']:.3f}")
 
     say(f"[7/{STAGES}] evaluation: per-language test loss, routing, zero-shot transfer")
-    from xelm.evaluate import evaluate
     metrics = evaluate(run_dir, progress=progress)
     s = metrics["summary"]
     say(f"      X-ELM ({metrics['headline']['ensemble']}) beats the equal-compute dense model on "
@@ -92,9 +94,16 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
                "dense": {k: dense[k] for k in ("tokens_trained", "validation_loss")},
                "hmr": [{k: c[k] for k in ("name", "parent", "validation_loss")} for c in added],
                "evaluation": {"improved_fraction": s["improved_fraction"], "mean_delta_loss": s["mean_delta_loss"],
-                              "report": str(run_dir / "report" / "report.md")},
+                              "report": str(run.report_dir / "report.md")},
                "seconds": round(time.perf_counter() - t0, 1)}
-    (run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"done in {summary['seconds']:.0f} s. Report: {run_dir / 'report' / 'report.md'} "
+    write_json(run.demo_summary_file, summary)
+    say(f"done in {summary['seconds']:.0f} s. Report: {run.report_dir / 'report.md'} "
         f"(plots beside it); run directory {run_dir}")
     return summary
+
+
+def cmd_demo(args) -> int:
+    summary = run_demo(args.config, args.run_dir, args.overrides, progress=not args.json)
+    if args.json:
+        print_json(summary)
+    return 0

@@ -11,6 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from clustering import uriel  # noqa: E402
+from clustering.typology import typology_distances  # noqa: E402
+from experts.typology import uriel_proxies  # noqa: E402
+from xelm.files import write_text  # noqa: E402
+from xelm.rundir import RunDir  # noqa: E402
+
 
 def _fmt(x, pct: bool = False) -> str:
     if x is None:
@@ -20,9 +26,6 @@ def _fmt(x, pct: bool = False) -> str:
 
 def distance_from_cluster(metrics: dict) -> dict[str, float]:
     """Each language's mean typological distance to the other languages of its cluster."""
-    from clustering.typology import typology_distances
-    from experts.typology import _proxies
-
     clusters = defaultdict(list)
     for lang, row in metrics["languages"].items():
         if row.get("cluster"):
@@ -31,7 +34,7 @@ def distance_from_cluster(metrics: dict) -> dict[str, float]:
     for members in clusters.values():
         if len(members) < 2:
             continue
-        proxy = _proxies(members, None)
+        proxy = uriel_proxies(members, None)
         d = typology_distances([proxy[m] for m in members])
         for i, lang in enumerate(members):
             out[lang] = float(np.delete(d[i], i).mean())
@@ -108,8 +111,6 @@ def plot_confusion(routing: dict, path: Path) -> Path:
 
 
 def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
-    from clustering import uriel
-
     fam = {}
     for lang in transfer["dense"]["classification"]:
         chain = uriel.family_path(lang) if uriel.has_uriel(lang) else []
@@ -177,7 +178,8 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
     if base is not None:
         out.append(f"Base quality: the base's mean test loss is {base:.2f} nats (perplexity {np.exp(base):,.0f}); "
                    "every model here is early in training, so these are early-training differences — a bigger "
-                   "model or budget (`configs/udhr-demo.yaml`: `train.steps`, `experts.tokens`) tests whether they hold.")
+                   "model or budget (`configs/udhr-demo.yaml`: `train.steps`, `experts.tokens`) tests whether "
+                   "they hold.")
     new = metrics["new_languages"]
     if new:
         wins = [lang for lang, r in new.items() if r.get("hmr") is not None and
@@ -196,7 +198,7 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
 
 
 def write_report(run_dir: str | Path, metrics: dict) -> Path:
-    out = Path(run_dir) / "report"
+    out = RunDir(run_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
     s, head = metrics["summary"], metrics["headline"]["ensemble"]
     distance = distance_from_cluster(metrics)
@@ -248,6 +250,4 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
                                         ("retrieval", "retrieval of the English article"))], "",
                   f"![transfer by family]({plots['transfer'].name})", ""]
     lines += ["Per-language numbers: `metrics.json` (`languages.{iso}`)."]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -7,14 +7,24 @@ routing, top-1 — so the test split is never used to choose between configurati
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from experts.registry import run_registry
+from routing import XELM
+from routing.scoring import mixture_loss, score_model
+from xelm.app.console import print_json
+from xelm.app.report import write_report
+from xelm.app.transfer import article_classification, chance_levels, paragraphs, retrieval
+from xelm.data import load_corpus
+from xelm.embed import embed_texts
 from xelm.errors import XelmError
+from xelm.files import write_json
+from xelm.rundir import RunDir
+from xelm.weights import load_weights
 
 HEADLINE = ("tfidf", 1)
 MAX_LEN = 128  # texts are paragraphs; longer ones are cut here (short rows keep scoring cheap)
@@ -23,9 +33,9 @@ MAX_LEN = 128  # texts are paragraphs; longer ones are cut here (short rows keep
 def _per_language(langs: list[str], loss: np.ndarray, count: np.ndarray) -> dict[str, float]:
     """Token-weighted mean loss per language."""
     tot, n = defaultdict(float), defaultdict(float)
-    for lang, l, c in zip(langs, loss, count):
-        if c > 0 and np.isfinite(l):
-            tot[lang] += l * c
+    for lang, x, c in zip(langs, loss, count):
+        if c > 0 and np.isfinite(x):
+            tot[lang] += x * c
             n[lang] += c
     return {lang: tot[lang] / n[lang] for lang in tot}
 
@@ -46,24 +56,14 @@ def _mean(xs) -> float | None:
 def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
              progress: bool = True) -> dict:
     """Score every model on the test split; write ``DIR/report/metrics.json`` and the report."""
-    from experts.training import load_base, load_dense, load_plan, registry_of
-    from routing import XELM
-    from routing.scoring import mixture_loss, score_model
-    from xelm.data import load_corpus
-    from xelm.rundir import load_run_config
-    from xelm.tokenizer import load_tokenizer
-    from xelm.transfer import paragraphs
-    from xelm.weights import load_weights
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    plan = load_plan(run_dir)
-    tok = load_tokenizer(run_dir / "tokenizer")
-    cards = registry_of(run_dir).cards()
+    run = RunDir(run_dir)
+    run_dir = run.root
+    cfg, plan, tok = run.config(), run.plan(), run.tokenizer()
+    cards = run_registry(run).cards()
     own = {lang: c["name"] for c in cards if c.get("kind") == "cluster" for lang in c["languages"]}
     hmr = {c["languages"][0]: c for c in cards if c.get("kind") == "hmr" and len(c["languages"]) == 1}
     if not own:
-        raise XelmError(f"no cluster experts in {run_dir / 'registry'}: run `xelm expert train --all` first")
+        raise XelmError(f"no cluster experts in {run.registry_dir}: run `xelm expert train --all` first")
     test = load_corpus(cfg.data.corpus, languages=None)["test"]
     keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
     test = test.select(keep)
@@ -79,8 +79,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     say(f"scoring {len(texts):,} test paragraphs: base, dense and {len(cluster)} experts, same masks")
     # One pass per model gives every model's log-probability of every masked token; every
     # router's mixture then follows in numpy, without running a model again.
-    xelm.pool.add("(base)", load_base(run_dir))
-    xelm.pool.add("(dense)", load_dense(run_dir))
+    xelm.pool.add("(base)", run.base())
+    xelm.pool.add("(dense)", run.dense())
     lp_ExNxK, w_NxK = xelm.label_logprobs(texts, experts=["(base)", "(dense)", *cluster])
     count = w_NxK.sum(1)
     scores = {name: mixture_loss(lp_ExNxK[[i]], w_NxK, np.ones((len(texts), 1)))
@@ -124,15 +124,15 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
                  "tokens": card["tokens_trained"], "base": per_lang["base"].get(lang),
                  "dense": per_lang["dense"].get(lang)}
         for parent in ("base", "dense"):
-            path = run_dir / "controls" / f"{parent}-{lang}" / "model"
+            path = run.control(parent, lang) / "model"
             if (path / "model.json").exists():
                 loss = score_model(load_weights(path), tok, sub, max_len=MAX_LEN)
                 entry[f"{parent}_continued"] = _per_language([lang] * len(sub), loss, count[rows]).get(lang)
         new_langs[lang] = entry
 
     routing = _routing_accuracy(xelm, texts, langs, own, {r: routings[r, 1] for r in routers if (r, 1) in routings})
-    transfer = _transfer(run_dir, cfg, xelm, tok, load_dense, set(own))
-    compute = _compute(run_dir, cards)
+    transfer = _transfer(run, cfg, xelm, tok, set(own))
+    compute = _compute(run, cards)
     metrics = {
         "headline": {"ensemble": headline, "why": "fixed in advance (c-BTM / X-ELM inference routing); "
                      "the test split chooses nothing"},
@@ -157,12 +157,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
         "transfer": transfer,
         "compute": compute,
     }
-    out = run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    from xelm.report import write_report
+    write_json(run.report_dir / "metrics.json", metrics)
     write_report(run_dir, metrics)
-    say(f"report: {out / 'report.md'}")
     return metrics
 
 
@@ -185,12 +181,8 @@ def _routing_accuracy(xelm, texts, langs, own, top1: dict) -> dict:
     return out
 
 
-def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
+def _transfer(run: RunDir, cfg, xelm, tok, languages: set[str]) -> dict:
     """Zero-shot article classification and retrieval on held-out articles: dense vs X-ELM."""
-    from xelm.data import load_corpus
-    from xelm.embed import embed_texts
-    from xelm.transfer import article_classification, chance_levels, paragraphs, retrieval
-
     corpus = load_corpus(cfg.data.corpus)
     rows: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for split in ("validation", "test"):
@@ -204,7 +196,7 @@ def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
         return {"skipped": "no English text to train the probe on"}
     # Every text both tasks need, embedded in one batched call per model (not one per language).
     needed = sorted({t for units, texts in rows.values() for t in (*texts, *paragraphs(units, texts)[0])})
-    dense = load_dense(run_dir)
+    dense = run.dense()
     vectors = {"dense": embed_texts(dense, tok, needed, max_len=MAX_LEN),
                "xelm": xelm.embed(needed, router=HEADLINE[0], top_k=HEADLINE[1])}
     at = {t: i for i, t in enumerate(needed)}
@@ -219,11 +211,26 @@ def _transfer(run_dir, cfg, xelm, tok, load_dense, languages: set[str]) -> dict:
     return out
 
 
-def _compute(run_dir: Path, cards: list[dict]) -> dict:
-    base = json.loads((run_dir / "base" / "summary.json").read_text())
-    dense = json.loads((run_dir / "baseline" / "summary.json").read_text())
+def _compute(run: RunDir, cards: list[dict]) -> dict:
+    base, dense = run.base_summary(), run.dense_summary()
     experts = {c["name"]: c["tokens_trained"] for c in cards if c.get("kind") == "cluster"}
     return {"base_tokens": base["tokens"], "dense_tokens": dense["tokens_trained"],
             "expert_tokens": experts, "experts_total": sum(experts.values()),
             "dense_languages": len(dense.get("languages") or []) or None,
             "equal": sum(experts.values()) == dense["tokens_trained"]}
+
+
+def cmd_evaluate(args) -> int:
+    m = evaluate(args.run_dir, progress=not args.json)
+    if args.json:
+        print_json(m)
+        return 0
+    s = m["summary"]
+    print(f"X-ELM ({m['headline']['ensemble']}) beats the equal-compute dense model on "
+          f"{s['improved_fraction']:.1%} of {s['languages']} languages; mean Δ loss {s['mean_delta_loss']:+.3f}")
+    for name, loss in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9):
+        print(f"  {name:<22}{loss:.3f}")
+    print(f"report: {RunDir(args.run_dir).report_dir / 'report.md'}")
+    return 0
+
+

@@ -1,0 +1,225 @@
+"""The ``xelm`` command line: one verb per stage; a user's mistake is one line on stderr.
+
+This module holds the arguments only, so ``xelm --help`` starts fast: each verb names its
+handler as ``"module:function"``, imported when the verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from xelm import __version__
+from xelm.errors import XelmError
+
+ROUTER_HELP = "language (needs --lang) | tfidf | posterior | langid; default: language with --lang, else tfidf"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake answered in one line (subcommands inherit the class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _verb(sub, name: str, handler: str, help: str, **kw) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, **kw)
+    p.set_defaults(func=handler)
+    return p
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _data_and_tokenizer(sub) -> None:
+    data = sub.add_parser("data", help="corpora").add_subparsers(dest="data_command", required=True)
+    s = _verb(data, "stats", "xelm.app.cmd_core:cmd_data_stats", "languages, rows, characters and words per split")
+    s.add_argument("--corpus", default="udhr", help="udhr, a directory, or hf:NAME (default: udhr)")
+    _json(s)
+
+    tok = sub.add_parser("tokenizer", help="train and inspect tokenizers").add_subparsers(
+        dest="tokenizer_command", required=True)
+    s = _verb(tok, "train", "xelm.app.cmd_core:cmd_tokenizer_train", "train a language-balanced Unigram tokenizer")
+    s.add_argument("--corpus", default="udhr")
+    s.add_argument("--vocab-size", type=int, default=16384)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--temperature", type=float, default=0.3,
+                   help="language sampling exponent τ, p_l ∝ n_l^τ (1: as the data, ->0: uniform)")
+    s.add_argument("--chars", type=int, default=2_000_000, help="characters of sampled training text")
+    s.add_argument("--seed", type=int, default=0)
+    _json(s)
+    s = _verb(tok, "stats", "xelm.app.cmd_core:cmd_tokenizer_stats",
+              "fertility and unknown-token rate per language, plot by script")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--corpus", default="udhr")
+    s.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    _json(s)
+
+
+def _pretrain(sub) -> None:
+    s = _verb(sub, "pretrain", "xelm.app.cmd_core:cmd_pretrain",
+              "pre-train the base encoder with the mmBERT curriculum (resumes)")
+    s.add_argument("--config", type=Path, help="YAML config (default: the run directory's own, to resume)")
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--max-steps", type=int, help="stop after this step (the schedule still spans train.steps)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50")
+    _json(s)
+
+
+def _cluster(sub) -> None:
+    p = _verb(sub, "cluster", "xelm.app.cmd_cluster:cmd_cluster",
+              "group languages for experts by typology, TF-IDF or the model's geometry",
+              description="Write a cluster plan {method, k, clusters: {name: [iso, ...]}, fallbacks, ...}. "
+                          "Languages come from --languages, --corpus, or the run directory's config.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--languages", help="comma-separated ISO 639-3 codes, e.g. fra,spa,rus "
+                                            "(texts, when needed, from the embedded UDHR)")
+    source.add_argument("--corpus", help="udhr, a directory, or hf:NAME: every language of its train split")
+    p.add_argument("--run-dir", type=Path, help="write DIR/clusters.json with plots beside it; languages "
+                                                "from DIR/config.yaml unless --languages/--corpus is given")
+    p.add_argument("--method", choices=("typology", "tfidf", "model"), default="typology")
+    p.add_argument("--k", type=int, required=True, help="number of clusters (experts)")
+    p.add_argument("--balanced", action="store_true",
+                   help="even out the clusters' shares of training text (characters of the train split)")
+    p.add_argument("--out", type=Path, help="plan file (default with --run-dir: DIR/clusters.json); "
+                                            "plots and the TF-IDF space go beside it")
+    p.add_argument("--seed", type=int, default=0)
+    _json(p)
+
+
+def _experts(sub) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run-dir", type=Path, required=True)
+        p.add_argument("--registry", help="registry path (default DIR/registry; gs:// etc. through etils.epath)")
+        _json(p)
+
+    ex = sub.add_parser("expert", help="train, add, list, show and remove experts").add_subparsers(
+        dest="expert_command", required=True)
+    p = _verb(ex, "train", "xelm.app.cmd_experts:cmd_train", "branch the base and train a cluster's expert (or --all)")
+    common(p)
+    p.add_argument("--cluster", help="a cluster name from DIR/clusters.json")
+    p.add_argument("--all", action="store_true", help="every cluster, one after another")
+    p.add_argument("--tokens", type=int, help="token budget per expert (default: experts.tokens)")
+    p.add_argument("--jobs", type=int, default=1, help="with --all: train this many experts at once, "
+                   "each in its own process")
+    p = _verb(ex, "add", "xelm.app.cmd_experts:cmd_add",
+              "add an expert for new languages without retraining others (HMR)")
+    common(p)
+    p.add_argument("--languages", required=True, help="comma-separated ISO 639-3 codes")
+    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--parent", default="auto", help="auto (typologically nearest expert), base, or a name")
+    p.add_argument("--name")
+    p.add_argument("--corpus", help="corpus with the new languages' text (default: the run's)")
+    p = _verb(ex, "list", "xelm.app.cmd_experts:cmd_list", "the registered experts")
+    common(p)
+    p.add_argument("--repair", action="store_true", help="rebuild a damaged index from the expert folders")
+    for verb, text in (("show", "one expert's card"), ("remove", "delete an expert")):
+        p = _verb(ex, verb, f"xelm.app.cmd_experts:cmd_{verb}", text)
+        p.add_argument("name")
+        common(p)
+    p = _verb(sub, "baseline", "xelm.app.cmd_experts:cmd_baseline", "train the equal-compute dense baseline")
+    common(p)
+
+
+def _routing(sub) -> None:
+    def common(p: argparse.ArgumentParser, top_k_help: str) -> None:
+        p.add_argument("--run-dir", type=Path, required=True)
+        p.add_argument("--registry", help="registry path (default DIR/registry)")
+        p.add_argument("--router", help=ROUTER_HELP)
+        p.add_argument("--lang", help="the text's language, ISO 639-3 (the language router)")
+        p.add_argument("--top-k", type=int, help=top_k_help)
+        p.add_argument("--temperature", type=float, default=0.1, help="TF-IDF router temperature T in "
+                                                                       "softmax(-d²/T) (default 0.1)")
+        p.add_argument("--prior", default="uniform", help="posterior router prior: uniform | validation")
+        _json(p)
+
+    p = _verb(sub, "route", "xelm.app.cmd_routing:cmd_route", "which experts a text goes to, and with what weight")
+    common(p, "keep the K best experts (renormalised)")
+    p.add_argument("--text", required=True)
+
+    p = _verb(sub, "fill-mask", "xelm.app.cmd_routing:cmd_fill_mask",
+              "predict the <mask> tokens with the routed mixture of experts")
+    common(p, "tokens to list per mask (default 5)")
+    p.add_argument("--text", required=True, help='text with one or more <mask>, e.g. "All human beings are <mask>"')
+    p.add_argument("--experts", type=int, metavar="K", help="keep the K best experts (renormalised)")
+    p.set_defaults(top_k=5)
+
+    p = _verb(sub, "embed", "xelm.app.cmd_routing:cmd_embed", "sentence embeddings: the routed experts' weighted mean")
+    common(p, "keep the K best experts (renormalised)")
+    p.add_argument("--text", required=True, action="append", help="a text (repeat for several)")
+
+
+def _hf(sub) -> None:
+    p = _verb(sub, "import-hf", "xelm.app.cmd_hf:cmd_import",
+              "make a local Hugging Face checkpoint (BERT, XLM-R, ModernBERT) a run's base encoder")
+    p.add_argument("path", type=Path, help="HF model directory: config.json, weights, tokenizer files")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for later stages, before --run-dir: e.g. experts.k=4 data.seq_len=256")
+    _json(p)
+
+    p = _verb(sub, "export-hf", "xelm.app.cmd_hf:cmd_export",
+              "write an expert (or any checkpoint) as a transformers model directory")
+    p.add_argument("--model", type=Path, help="an xelm checkpoint, expert folder, run directory or HF directory")
+    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--expert", help="the expert to export (default: the run's base)")
+    p.add_argument("--registry", help="registry path (default DIR/registry)")
+    p.add_argument("--out", type=Path, required=True)
+    _json(p)
+
+
+def _evaluate_and_demo(sub) -> None:
+    s = _verb(sub, "evaluate", "xelm.app.evaluate:cmd_evaluate",
+              "per-language held-out loss, transfer, routing; writes DIR/report/")
+    s.add_argument("--run-dir", type=Path, required=True)
+    _json(s)
+
+    s = _verb(sub, "demo", "xelm.app.demo:cmd_demo", "the main job: every stage on the embedded corpus, resumable")
+    s.add_argument("--config", type=Path, default=None, help="default: the packaged configs/udhr-demo.yaml")
+    s.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    _json(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="xelm", description="Cross-lingual expert language models (X-ELM) in JAX.")
+    p.add_argument("--version", action="version", version=f"xelm {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_data_and_tokenizer, _pretrain, _cluster, _experts, _routing, _hf, _evaluate_and_demo):
+        add(sub)
+    return p
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the verb ``args`` names: its module is imported now, not at start-up."""
+    module, name = args.func.split(":")
+    return getattr(importlib.import_module(module), name)(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except XelmError as e:
+        if args.debug:
+            traceback.print_exc()
+        print("xelm: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
+        return 2
+    except KeyboardInterrupt:
+        print("xelm: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `xelm ... --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # permission denied, disk full, ...: name the file, no traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"xelm: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2

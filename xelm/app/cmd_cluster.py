@@ -1,0 +1,66 @@
+"""``xelm cluster``: write a cluster plan (which languages share an expert) and its plots."""
+
+from __future__ import annotations
+
+from clustering.build import build_plan, cached_corpus, needs_texts
+from clustering.planning import write_plan
+from experts.registry import run_registry
+from xelm.app.console import print_json
+from xelm.errors import XelmError
+from xelm.rundir import RunDir
+
+
+def cmd_cluster(args) -> int:
+    languages, corpus, held_out = _languages_and_corpus(args)
+    out = args.out or (RunDir(args.run_dir).plan_file if args.run_dir else None)
+    if args.run_dir and out == RunDir(args.run_dir).plan_file:
+        _check_plan_is_free(RunDir(args.run_dir))
+    result = build_plan(languages, corpus, args.method, args.k, args.balanced, args.seed, args.run_dir,
+                        needs_texts(args.method, args.balanced, languages if args.languages else None))
+    if held_out:
+        result.plan["held_out"] = sorted(held_out)
+    written = write_plan(result, out) if out else {}
+    if args.json:
+        print_json(result.plan)
+        return 0
+    plan = result.plan
+    print(f"{plan['method']} plan: {plan['languages']} languages in {len(plan['clusters'])} clusters"
+          + (f" -> {out}" if out else ""))
+    for name, members in plan["clusters"].items():
+        shown = " ".join(members[:12]) + (" ..." if len(members) > 12 else "")
+        count = f"{len(members)} language" + ("s" if len(members) != 1 else "")
+        print(f"  {name:<32}{count:>14} {plan['shares'][name]:>7.1%}  {shown}")
+    for lang, reason in plan["fallbacks"].items():
+        print(f"  fallback {lang}: {reason}")
+    if "agreement_with_typology" in plan:
+        print(f"  agreement with typology (adjusted Rand index): "
+              f"{plan['agreement_with_typology']['adjusted_rand_index']:.3f}")
+    for kind, path in written.items():
+        if kind != "plan":
+            print(f"  {kind}: {path}")
+    return 0
+
+
+def _check_plan_is_free(run: RunDir) -> None:
+    """A run's plan is fixed once experts were trained on it: a new plan under them would
+    leave a registry and a dense baseline that belong to another plan."""
+    trained = [c["name"] for c in run_registry(run).cards() if c.get("kind") == "cluster"]
+    if trained:
+        raise XelmError(f"{run.root} already has cluster experts trained on its plan ({', '.join(trained)}): "
+                        "its plan is fixed; write an alternative plan with --out FILE, or start a new --run-dir")
+
+
+def _languages_and_corpus(args) -> tuple[list[str], str, list[str]]:
+    """Languages to cluster, the corpus their texts come from, and those the run holds out."""
+    if args.languages is not None:
+        return [c.strip() for c in args.languages.split(",") if c.strip()], "udhr", []
+    if args.corpus is None and args.run_dir is None:
+        raise XelmError("say which languages to cluster: --languages iso,iso,..., --corpus SPEC or --run-dir DIR")
+    held_out: list[str] = []
+    chosen = None
+    corpus = args.corpus
+    if corpus is None:
+        cfg = RunDir(args.run_dir).config()
+        corpus, chosen, held_out = cfg.data.corpus, cfg.data.languages, list(cfg.data.exclude_languages)
+    languages = list(chosen) if chosen else sorted(set(cached_corpus(corpus)["train"]["lang"]))
+    return [lang for lang in languages if lang not in held_out], corpus, held_out

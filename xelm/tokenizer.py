@@ -9,20 +9,16 @@ included (special-token strings such as "[CLS]" written in the text are read as 
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-# xelm is JAX-only: transformers' "PyTorch was not found" advice would be noise on every run.
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
-from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
-
-from xelm.data.sampling import sample_texts  # noqa: E402
-from xelm.errors import XelmError  # noqa: E402
+from xelm.data.sampling import sample_texts
+from xelm.errors import XelmError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]

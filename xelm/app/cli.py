@@ -154,6 +154,28 @@ def _routing(sub) -> None:
     p.add_argument("--text", required=True, action="append", help="a text (repeat for several)")
 
 
+def _serve(sub) -> None:
+    p = _verb(sub, "serve", "xelm.app.serve:cmd_serve",
+              "route and ensemble over HTTP: batched, picks up registry changes while it runs")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--registry", help="registry path (default DIR/registry)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, printed)")
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="tokens per engine batch (default 8192); a request with more is refused (413)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most (default 256); more get 503")
+    p.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default 256)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="an idle engine waits this long for concurrent requests to batch (default 5)")
+    p.add_argument("--watch-interval", type=float, default=1.0,
+                   help="seconds between looks at the registry's index (default 1)")
+    p.add_argument("--temperature", type=float, default=0.1, help="default TF-IDF router temperature (0.1)")
+    p.add_argument("--prior", default="uniform", help="posterior router prior: uniform | validation")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds to finish in-flight requests (default 30)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+
+
 def _hf(sub) -> None:
     p = _verb(sub, "import-hf", "xelm.app.cmd_hf:cmd_import",
               "make a local Hugging Face checkpoint (BERT, XLM-R, ModernBERT) a run's base encoder")
@@ -191,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"xelm {__version__}")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_data_and_tokenizer, _pretrain, _cluster, _experts, _routing, _hf, _evaluate_and_demo):
+    for add in (_data_and_tokenizer, _pretrain, _cluster, _experts, _routing, _serve, _hf,
+                _evaluate_and_demo):
         add(sub)
     return p
 
@@ -203,7 +226,6 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)

@@ -8,6 +8,8 @@ dense baseline -> HMR experts for the held-out languages -> evaluation report, w
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 from clustering.build import build_plan
@@ -23,66 +25,93 @@ from xelm.files import write_json
 from xelm.pretrain import pretrain
 from xelm.rundir import RunDir
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "udhr-demo.yaml"
+DEFAULT_CONFIG = "udhr-demo"
 STAGES = 7
+
+
+def config_path(config: str | Path | None) -> Path:
+    """A config file, or the name of one the package ships (``udhr-demo``, ``udhr-tiny``): the
+    demo works from any folder and from an installed wheel."""
+    config = Path(config or DEFAULT_CONFIG)
+    if config.is_file():
+        return config
+    shipped = resources.files("configs") / f"{config.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    names = sorted(p.name[:-5] for p in resources.files("configs").iterdir() if p.name.endswith(".yaml"))
+    raise XelmError(f"demo config {config} not found: pass --config FILE or one of the shipped configs "
+                    f"({', '.join(names)})")
+
+
+class StageClock:
+    """Wall seconds per stage, printed at the end and kept in demo.json: where the budget goes."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 1)
+
+    def table(self) -> str:
+        total = sum(self.seconds.values()) or 1.0
+        rows = [f"      {name:<26}{s:>8.1f} s {s / total:>6.1%}" for name, s in self.seconds.items()]
+        return "\n".join([f"      {'stage':<26}{'time':>10} {'share':>6}", *rows,
+                          f"      {'total':<26}{total:>8.1f} s"])
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
              progress: bool = True) -> dict:
-    config = Path(config) if config else DEFAULT_CONFIG
-    if not config.is_file():
-        raise XelmError(f"demo config {config} not found: pass --config FILE")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config_path(config), overrides)
     run = RunDir(run_dir)
     run_dir = run.root
     say = print if progress else (lambda *a, **k: None)
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), StageClock()
 
-    stats = corpus_stats(load_corpus(cfg.data.corpus))
+    with clock.stage("corpus"):
+        stats = corpus_stats(load_corpus(cfg.data.corpus))
     say(f"[1/{STAGES}] corpus {cfg.data.corpus}: {len(stats['languages'])} languages, "
         f"{stats['splits']['train']['characters']:,} training characters")
 
     say(f"[2/{STAGES}] tokenizer and base encoder (mmBERT curriculum)")
-    base = pretrain(cfg, run_dir, progress=progress)
+    with clock.stage("tokenizer and base"):
+        base = pretrain(cfg, run_dir, progress=progress)
     say(f"      base: loss {base['loss']:.3f} after {base['tokens']:,} tokens on {base['languages']} languages"
         + (" (already complete)" if base.get("skipped") else ""))
 
     ec = cfg.experts
-    if not run.plan_file.exists():
-        languages = sorted(run.base_summary()["tokens_by_lang"])
-        result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir)
-        write_plan(result, run.plan_file)
+    with clock.stage("cluster plan"):
+        if not run.plan_file.exists():
+            languages = sorted(run.base_summary()["tokens_by_lang"])
+            result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir)
+            write_plan(result, run.plan_file)
     plan = run.plan()
     say(f"[3/{STAGES}] {plan['method']} cluster plan, k={plan['k']}: "
         + ", ".join(f"{n} ({len(m)})" for n, m in plan["clusters"].items()))
 
     say(f"[4/{STAGES}] experts: each branched from the base, trained on its cluster only")
-    cards = train_all(run_dir, progress=progress)
+    with clock.stage("experts"):
+        cards = train_all(run_dir, progress=progress)
     for c in cards:
         say(f"      {c['name']:<28} {c['tokens_trained']:>9,} tokens  validation loss {c['validation_loss']:.3f}")
 
     say(f"[5/{STAGES}] dense baseline at equal compute")
-    dense = train_baseline(run_dir, progress=progress)
+    with clock.stage("dense baseline"):
+        dense = train_baseline(run_dir, progress=progress)
     say(f"      dense: {dense['tokens_trained']:,} tokens, validation loss {dense['validation_loss']:.3f}")
 
     say(f"[6/{STAGES}] new languages by HMR: {', '.join(cfg.data.exclude_languages) or 'none held out'}")
-    registry = run_registry(run)
-    added = []
-    for lang in cfg.data.exclude_languages:
-        # Branched from the nearest *cluster* expert: not from an earlier HMR expert, whose extra
-        # training would blur the comparison at equal tokens.
-        name = f"hmr-{lang}"
-        card = registry.card(name) if name in registry.names() else add_language(
-            run_dir, [lang], ec.hmr_tokens, "auto", name, progress=progress, among=[c["name"] for c in cards])
-        added.append(card)
-        controls = {p: train_control(run_dir, lang, p, ec.hmr_tokens, progress) for p in ("base", "dense")}
-        say(f"      {lang}: parent {card['parent']}"
-            + (f" (typology distance {card['parent_distance']:.3f})" if card.get("parent_distance") is not None else "")
-            + f"; validation loss HMR {card['validation_loss']:.3f}, from base "
-              f"{controls['base']['validation_loss']:.3f}, dense continued {controls['dense']['validation_loss']:.3f}")
+    with clock.stage("HMR and yardsticks"):
+        added = [_add_held_out(run, lang, ec.hmr_tokens, [c["name"] for c in cards], say, progress)
+                 for lang in cfg.data.exclude_languages]
 
     say(f"[7/{STAGES}] evaluation: per-language test loss, routing, zero-shot transfer")
-    metrics = evaluate(run_dir, progress=progress)
+    with clock.stage("evaluation"):
+        metrics = evaluate(run_dir, progress=progress)
     s = metrics["summary"]
     say(f"      X-ELM ({metrics['headline']['ensemble']}) beats the equal-compute dense model on "
         f"{s['improved_fraction']:.1%} of {s['languages']} languages (mean Δ loss {s['mean_delta_loss']:+.3f}); "
@@ -95,11 +124,27 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
                "hmr": [{k: c[k] for k in ("name", "parent", "validation_loss")} for c in added],
                "evaluation": {"improved_fraction": s["improved_fraction"], "mean_delta_loss": s["mean_delta_loss"],
                               "report": str(run.report_dir / "report.md")},
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": round(time.perf_counter() - t0, 1), "seconds_by_stage": clock.seconds}
     write_json(run.demo_summary_file, summary)
+    say(clock.table())
     say(f"done in {summary['seconds']:.0f} s. Report: {run.report_dir / 'report.md'} "
         f"(plots beside it); run directory {run_dir}")
     return summary
+
+
+def _add_held_out(run: RunDir, lang: str, tokens: int, cluster_experts: list[str], say, progress: bool) -> dict:
+    """The HMR expert for a held-out language and its two yardsticks at equal tokens."""
+    # Branched from the nearest *cluster* expert: not from an earlier HMR expert, whose extra
+    # training would blur the comparison at equal tokens.
+    name, registry = f"hmr-{lang}", run_registry(run)
+    card = registry.card(name) if name in registry.names() else add_language(
+        run.root, [lang], tokens, "auto", name, progress=progress, among=cluster_experts)
+    controls = {p: train_control(run.root, lang, p, tokens, progress) for p in ("base", "dense")}
+    say(f"      {lang}: parent {card['parent']}"
+        + (f" (typology distance {card['parent_distance']:.3f})" if card.get("parent_distance") is not None else "")
+        + f"; validation loss HMR {card['validation_loss']:.3f}, from base "
+          f"{controls['base']['validation_loss']:.3f}, dense continued {controls['dense']['validation_loss']:.3f}")
+    return card
 
 
 def cmd_demo(args) -> int:

@@ -3,6 +3,7 @@ its train split, and the ``model`` method embeds held-out text with a run's base
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 
 from clustering import uriel
@@ -14,10 +15,13 @@ from xelm.rundir import RunDir
 
 
 def build_plan(languages: list[str], corpus: str, method: str, k: int, balanced: bool = False, seed: int = 0,
-               run_dir=None, needs_texts: bool = True) -> PlanResult:
+               run_dir=None, needs_texts: bool = True, features: str | None = None,
+               by_script: bool = False) -> PlanResult:
     """The plan for ``languages`` of ``corpus``: texts for TF-IDF, balancing and fallbacks come
-    from the train split; the model method embeds held-out (validation) text."""
+    from the train split; the model method embeds held-out (validation) text; ``by_script``
+    keeps the corpus's main scripts apart."""
     split = corpus_split(corpus, languages, "train") if needs_texts else {}
+    scripts = main_scripts(corpus, languages) if by_script else None
     sizes = None
     if balanced and split and all(split.get(lang) for lang in languages):
         sizes = {lang: sum(len(t) for t in split[lang]) for lang in languages}
@@ -28,7 +32,7 @@ def build_plan(languages: list[str], corpus: str, method: str, k: int, balanced:
         held.update({lang: train[lang] for lang in languages if lang not in held and lang in train})
         embeddings = encoder_embeddings(run_dir, held)
     result = make_plan(languages, method, k, texts_by_lang=split, sizes=sizes, embeddings=embeddings,
-                       balanced=balanced, seed=seed)
+                       balanced=balanced, seed=seed, features=features, scripts=scripts)
     result.plan["corpus"] = corpus
     if sizes is not None:
         result.plan["sizes"] = "characters of the train split"
@@ -50,6 +54,17 @@ def corpus_split(corpus: str, languages: list[str], split: str) -> dict[str, lis
         if lang in wanted:
             texts.setdefault(lang, []).append(text)
     return texts
+
+
+def main_scripts(corpus: str, languages: list[str]) -> dict[str, str]:
+    """Each language's most frequent script over its train rows (as the corpus records it)."""
+    wanted, counts = set(languages), {}
+    data = cached_corpus(corpus)["train"]
+    for lang, script, text in zip(data["lang"], data["script"], data["text"]):
+        if lang in wanted:
+            per = counts.setdefault(lang, Counter())
+            per[script] += len(text)
+    return {lang: per.most_common(1)[0][0] for lang, per in counts.items()}
 
 
 @lru_cache(maxsize=2)

@@ -21,7 +21,7 @@ from clustering.geometry import compare_with_typology, geometry_clusters
 from clustering.methods import agglomerative, balanced_agglomerative
 from clustering.naming import cluster_names
 from clustering.tfidf import TfidfSpace, fit_clusters
-from clustering.typology import WEIGHTS, typology_distances
+from clustering.typology import parse_features, typology_distances
 from xelm.errors import XelmError
 from xelm.languages import check_language
 
@@ -45,15 +45,28 @@ class PlanResult:
 
 
 def plan(languages: list[str], method: str = "typology", k: int = 8, texts_by_lang=None, sizes=None,
-         embeddings=None, balanced: bool = False, seed: int = 0) -> dict:
+         embeddings=None, balanced: bool = False, seed: int = 0, **options) -> dict:
     """``{"method", "k", "clusters": {name: [iso, ...]}, "fallbacks": {iso: reason}, ...}``."""
-    return make_plan(languages, method, k, texts_by_lang, sizes, embeddings, balanced, seed).plan
+    return make_plan(languages, method, k, texts_by_lang, sizes, embeddings, balanced, seed, **options).plan
 
 
 def make_plan(languages: list[str], method: str = "typology", k: int = 8,
               texts_by_lang: dict[str, list[str]] | None = None, sizes: dict[str, float] | None = None,
-              embeddings: dict[str, np.ndarray] | None = None, balanced: bool = False, seed: int = 0) -> PlanResult:
+              embeddings: dict[str, np.ndarray] | None = None, balanced: bool = False, seed: int = 0,
+              features: str | dict | None = None, scripts: dict[str, str] | None = None) -> PlanResult:
+    """``features``: the typology method's feature-set weights (``parse_features``); ``scripts``:
+    each language's main script, to keep scripts apart (a cluster mixes scripts only when k is
+    smaller than the number of scripts; the plan lists such clusters)."""
     languages = sorted(_check_languages(languages))  # one order for rows, labels and weights
+    weights_by_set = parse_features(features)
+    if scripts is not None and method != "typology":
+        raise XelmError(f"--by-script keeps scripts apart in typology plans; --method {method} groups by text, "
+                        "which separates scripts by itself")
+    if scripts is not None:
+        missing = [lang for lang in languages if not scripts.get(lang)]
+        if missing:
+            raise XelmError(f"no main script known for {', '.join(missing[:10])}: --by-script needs each "
+                            "language's text (give --corpus)")
     if method not in METHODS:
         raise XelmError(f"unknown clustering method {method!r}: choose one of {', '.join(METHODS)}")
     _check_k(k, len(languages))
@@ -65,8 +78,9 @@ def make_plan(languages: list[str], method: str = "typology", k: int = 8,
         if unresolved:
             raise XelmError(f"URIEL has no vectors for {', '.join(unresolved)}: give their texts (e.g. "
                             "--corpus) so each is placed by its nearest language by TF-IDF, or leave them out")
-        d = typology_distances([proxy[lang] for lang in languages])
-        labels = balanced_agglomerative(d, k, weights) if balanced else agglomerative(d, k)
+        d = typology_distances([proxy[lang] for lang in languages], weights_by_set)
+        d_apart = _keep_scripts_apart(d, languages, scripts)
+        labels = balanced_agglomerative(d_apart, k, weights) if balanced else agglomerative(d_apart, k)
     elif method == "tfidf":
         missing = [lang for lang in languages if not any(t.strip() for t in texts_by_lang.get(lang, []))]
         if missing:
@@ -100,10 +114,24 @@ def make_plan(languages: list[str], method: str = "typology", k: int = 8,
         "seed": seed,
     }
     if method == "typology":
-        result["weights"] = dict(WEIGHTS)
+        result["weights"] = weights_by_set
+    if scripts is not None:
+        by_cluster = {name: sorted({scripts[lang] for lang in members}) for name, members in result["clusters"].items()}
+        result["by_script"] = True
+        result["scripts"] = by_cluster
+        result["mixed_scripts"] = sorted(name for name, s in by_cluster.items() if len(s) > 1)
     if method == "model":
         result["agreement_with_typology"] = agreement
     return PlanResult(result, languages, d, labels, names, space, proxy)
+
+
+def _keep_scripts_apart(d: np.ndarray, languages: list[str], scripts: dict[str, str] | None) -> np.ndarray:
+    """Distances with languages of different main scripts pushed beyond any same-script pair
+    (every distance is at most 1): average linkage merges across scripts only when it must."""
+    if scripts is None:
+        return d
+    s = np.array([scripts[lang] for lang in languages])
+    return d + 2.0 * (s[:, None] != s[None, :])
 
 
 def _model_clusters(languages, k, embeddings, weights, balanced, proxy):

@@ -1,4 +1,5 @@
-"""Typological distance between languages: URIEL feature sets combined with fixed weights.
+"""Typological distance between languages: URIEL feature sets combined with weights a user
+can choose (``parse_features``); the defaults below.
 
 Per feature set, as URIEL defines its distances: cosine distance for syntax, phonology,
 inventory and family; for geography, the great-circle distance as a fraction of half the
@@ -20,8 +21,35 @@ from __future__ import annotations
 import numpy as np
 
 from clustering import uriel
+from xelm.errors import XelmError
 
 WEIGHTS = {"syntax_knn": 0.30, "phonology_knn": 0.10, "inventory_knn": 0.10, "fam": 0.30, "geo": 0.20}
+FEATURE_SETS = tuple(WEIGHTS)
+
+
+def parse_features(spec: str | dict | None) -> dict[str, float]:
+    """``"syntax_knn,fam,geo"`` (equal weights) or ``"syntax_knn:0.5,fam:0.5"`` (or a mapping)
+    -> weights that sum to 1; None -> the defaults."""
+    if spec is None:
+        return dict(WEIGHTS)
+    if isinstance(spec, str):
+        items = {}
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            name, _, weight = part.partition(":")
+            try:
+                items[name.strip()] = float(weight) if weight else 1.0
+            except ValueError:
+                raise XelmError(f"feature weight {part!r} is not a number: write name:weight, e.g. fam:0.5") from None
+        spec = items
+    unknown = [name for name in spec if name not in FEATURE_SETS]
+    if unknown or not spec:
+        raise XelmError(f"unknown typology feature set {', '.join(map(repr, unknown)) or '(none given)'}: "
+                        f"choose among {', '.join(FEATURE_SETS)}")
+    bad = [name for name, w in spec.items() if not (np.isfinite(w) and w >= 0)]
+    total = sum(spec.values())
+    if bad or total <= 0:
+        raise XelmError(f"feature weights must be non-negative numbers with a positive sum, got {dict(spec)}")
+    return {name: round(w / total, 6) for name, w in spec.items()}
 
 
 def cosine_distances(x_NxF: np.ndarray) -> np.ndarray:

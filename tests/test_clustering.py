@@ -350,3 +350,34 @@ def test_cli_model_method_needs_the_base_encoder(tmp_path):
     (tmp_path / "config.yaml").write_text(json.dumps({"data": {"languages": ["fra", "spa"]}}))
     with pytest.raises(XelmError, match=f"{tmp_path}/base"):
         _run(["cluster", "--run-dir", str(tmp_path), "--method", "model", "--k", "1"])
+
+
+# ------------------------------------------------------------------ steering the clusters
+def test_features_choose_the_typology_mix_and_the_plan_records_it():
+    from clustering.typology import parse_features
+
+    assert parse_features("syntax_knn,fam") == {"syntax_knn": 0.5, "fam": 0.5}
+    assert parse_features("syntax_knn:3,geo:1") == {"syntax_knn": 0.75, "geo": 0.25}
+    langs = ["eng", "deu", "nld", "fra", "spa", "ita", "rus", "pol"]
+    fam_only = plan(langs, k=3, features="fam")
+    assert fam_only["weights"] == {"fam": 1.0}
+    geo_only = plan(langs, k=3, features="geo")
+    assert geo_only["clusters"] != fam_only["clusters"]  # the mix really changes the plan
+    for bad, what in (("syntax", "unknown typology feature set"), ("fam:x", "not a number"),
+                      ("fam:-1", "non-negative")):
+        with pytest.raises(XelmError, match=what):
+            parse_features(bad)
+
+
+def test_by_script_never_mixes_scripts_when_k_allows():
+    from clustering.build import build_plan
+
+    langs = ["eng", "fra", "deu", "rus", "ukr", "bel", "hin", "mar", "arb", "pes"]
+    mixed = build_plan(langs, "udhr", "typology", 4).plan
+    apart = build_plan(langs, "udhr", "typology", 4, by_script=True).plan
+    assert apart["mixed_scripts"] == [] and all(len(s) == 1 for s in apart["scripts"].values())
+    assert mixed["clusters"] != apart["clusters"]  # typology alone groups across scripts here
+    forced = build_plan(langs, "udhr", "typology", 2, by_script=True).plan  # 4 scripts, 2 clusters
+    assert forced["mixed_scripts"]
+    with pytest.raises(XelmError, match="by-script"):
+        build_plan(langs, "udhr", "tfidf", 4, by_script=True)

@@ -6,6 +6,7 @@ Unknown keys are errors naming the key; the resolved config is saved in the run 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,8 +15,19 @@ from pathlib import Path
 import yaml
 
 from xelm.errors import XelmError
+from xelm.files import write_text
 
 ARCHS = ("modernbert", "bert")
+MAX_STEPS = 10_000_000  # more is a typo (a token budget of 1e12), not a run anyone waits for
+
+
+def _check_finite(obj, section: str) -> None:
+    """Every float field of a config section is a finite number: NaN or infinity in a config
+    trains garbage that looks like success."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise XelmError(f"{section}.{f.name} is {v}: give a finite number")
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class ModelConfig:
     dtype: str = "auto"  # compute dtype: auto = bfloat16 on accelerators, float32 on CPU
 
     def __post_init__(self):
+        _check_finite(self, "model")
         if self.arch not in ARCHS:
             raise XelmError(f"model.arch {self.arch!r} is not one of {', '.join(ARCHS)}")
         for name in ("vocab_size", "hidden", "layers", "heads", "ffn", "max_len", "global_every"):
@@ -57,6 +70,14 @@ class ModelConfig:
             raise XelmError(f"model.activation {self.activation!r} is not gelu or gelu_tanh")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise XelmError(f"model.dtype {self.dtype!r} is not auto, float32 or bfloat16")
+        if self.local_window < 0 or self.local_window % 2:
+            raise XelmError(f"model.local_window must be 0 (every layer global) or a positive even width, "
+                            f"got {self.local_window}")
+        for name in ("type_vocab_size", "position_offset", "pad_token_id"):
+            if getattr(self, name) < 0:
+                raise XelmError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.rope_theta > 0 and self.rope_theta_local > 0 and self.norm_eps > 0 and self.init_std > 0):
+            raise XelmError("model.rope_theta, rope_theta_local, norm_eps and init_std must be positive")
 
     @property
     def pre_norm(self) -> bool:
@@ -79,6 +100,12 @@ class TokenizerConfig:
     vocab_size: int = 16384
     temperature: float = 0.3
     chars: int = 2_000_000
+
+    def __post_init__(self):
+        _check_finite(self, "tokenizer")
+        if self.vocab_size < 1 or self.chars < 1 or not 0 < self.temperature <= 1:
+            raise XelmError(f"tokenizer: vocab_size and chars must be >= 1 and temperature in (0, 1] (got "
+                            f"{self.vocab_size}, {self.chars}, {self.temperature})")
 
 
 @dataclass(frozen=True)
@@ -106,6 +133,7 @@ class Stage:
     temperature: float = 0.5
 
     def __post_init__(self):
+        _check_finite(self, f"curriculum stage {self.name!r}")
         if not 0 < self.until <= 1:
             raise XelmError(f"curriculum stage {self.name!r}: until={self.until} must be in (0, 1]")
         if not 0 < self.mask_ratio < 1:
@@ -132,11 +160,19 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
+        _check_finite(self, "train")
         if self.steps < 1 or self.warmup_steps < 0 or self.lr <= 0:
             raise XelmError(f"train: steps must be >= 1, warmup_steps >= 0 and lr > 0 "
                             f"(got {self.steps}, {self.warmup_steps}, {self.lr})")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise XelmError("train: log_every, checkpoint_every and keep_checkpoints must be >= 1")
+        if self.steps > MAX_STEPS:
+            raise XelmError(f"train.steps {self.steps:,} is over {MAX_STEPS:,}: that is not a run that ends; "
+                            "give fewer steps")
+        if not (0 <= self.min_lr_ratio <= 1 and 0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.weight_decay >= 0
+                and self.clip_norm > 0):
+            raise XelmError("train: min_lr_ratio must be in [0, 1], b1 and b2 in [0, 1), weight_decay >= 0 and "
+                            "clip_norm > 0")
 
 
 @dataclass(frozen=True)
@@ -146,19 +182,31 @@ class ExpertConfig:
     method: str = "typology"  # typology | tfidf | model
     k: int = 4
     balanced: bool = True
+    features: str | None = None  # typology feature sets and weights, e.g. "syntax_knn:0.5,fam:0.5"
+    by_script: bool = False  # never put languages of different main scripts in one cluster
     tokens: int = 200_000  # tokens each expert trains on (the dense baseline gets the sum)
     hmr_tokens: int = 50_000  # tokens for each held-out language added later by HMR
     lr: float = 1e-3
-    warmup_steps: int = 10
+    # Schedule shape as fractions of each model's own steps, so an expert and the dense baseline
+    # (many more steps) warm up and decay over the same share of their training.
+    warmup_fraction: float = 0.1
+    decay_fraction: float = 0.2
     mask_ratio: float = 0.15
     temperature: float = 0.5
 
     def __post_init__(self):
+        _check_finite(self, "experts")
+        if not (0 <= self.warmup_fraction < 1 and 0 < self.decay_fraction < 1
+                and self.warmup_fraction + self.decay_fraction <= 1):
+            raise XelmError(f"experts: warmup_fraction and decay_fraction must be in [0, 1) and (0, 1) and sum "
+                            f"to at most 1 (got {self.warmup_fraction}, {self.decay_fraction})")
         if self.method not in ("typology", "tfidf", "model"):
             raise XelmError(f"experts.method {self.method!r} is not typology, tfidf or model")
         if self.k < 1 or self.tokens < 1 or self.hmr_tokens < 1 or self.lr <= 0:
             raise XelmError(f"experts: k, tokens, hmr_tokens and lr must be positive "
                             f"(got {self.k}, {self.tokens}, {self.hmr_tokens}, {self.lr})")
+        if not 0 < self.mask_ratio < 1 or not 0 < self.temperature <= 1:
+            raise XelmError("experts: mask_ratio must be in (0, 1) and temperature in (0, 1]")
 
 
 def _default_curriculum() -> tuple[Stage, ...]:
@@ -179,6 +227,9 @@ class RunConfig:
         ends = [s.until for s in self.curriculum]
         if not ends or ends != sorted(ends) or ends[-1] != 1.0:
             raise XelmError(f"curriculum: stage 'until' values must increase and end at 1.0, got {ends}")
+        if self.data.seq_len > self.model.max_len:
+            raise XelmError(f"data.seq_len ({self.data.seq_len}) is longer than model.max_len "
+                            f"({self.model.max_len}): lower data.seq_len or raise model.max_len")
         if self.model.vocab_size != self.tokenizer.vocab_size:
             raise XelmError(f"model.vocab_size ({self.model.vocab_size}) must equal "
                             f"tokenizer.vocab_size ({self.tokenizer.vocab_size})")
@@ -246,10 +297,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise XelmError(f"override {item!r} is not key=value (e.g. train.steps=50)")
         node = data
         *parents, leaf = key.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
+            if node.get(p) is not None and not isinstance(node[p], dict):
+                raise XelmError(f"override {item!r}: {'.'.join(parents[:i + 1])} is a value, not a section "
+                                f"(e.g. train.steps=50)")
             node[p] = dict(node.get(p) or {})
             node = node[p]
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise XelmError(f"override {item!r}: the value is not valid YAML") from None
     return data
 
 
@@ -260,7 +317,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if not path.is_file():
             raise XelmError(f"config file {path} not found")
         try:
-            data = yaml.safe_load(path.read_text("utf-8")) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError:
+            raise XelmError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+        except OSError as e:
+            raise XelmError(f"config file {path} cannot be read: {e.strerror}") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -272,4 +333,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

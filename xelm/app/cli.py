@@ -84,8 +84,14 @@ def _cluster(sub) -> None:
                                                 "from DIR/config.yaml unless --languages/--corpus is given")
     p.add_argument("--method", choices=("typology", "tfidf", "model"), default="typology")
     p.add_argument("--k", type=int, required=True, help="number of clusters (experts)")
-    p.add_argument("--balanced", action="store_true",
-                   help="even out the clusters' shares of training text (characters of the train split)")
+    p.add_argument("--balanced", action="store_true", default=None,
+                   help="even out the clusters' shares of training text (characters of the train split); "
+                        "with --run-dir the config's experts.balanced is the default")
+    p.add_argument("--features", help="typology feature sets and weights: syntax_knn,fam,geo (equal) or "
+                                      "syntax_knn:0.5,fam:0.5 (sets: syntax_knn, phonology_knn, inventory_knn, "
+                                      "fam, geo; default: the config's, else syntax .3 fam .3 geo .2 phon .1 inv .1)")
+    p.add_argument("--by-script", action="store_true", default=None,
+                   help="keep languages of different main scripts in different clusters (when k allows)")
     p.add_argument("--out", type=Path, help="plan file (default with --run-dir: DIR/clusters.json); "
                                             "plots and the TF-IDF space go beside it")
     p.add_argument("--seed", type=int, default=0)
@@ -127,8 +133,12 @@ def _experts(sub) -> None:
 
 
 def _routing(sub) -> None:
-    def common(p: argparse.ArgumentParser, top_k_help: str) -> None:
-        p.add_argument("--run-dir", type=Path, required=True)
+    def common(p: argparse.ArgumentParser, top_k_help: str, single: bool = False) -> None:
+        p.add_argument("--run-dir", type=Path, required=not single, help="the run whose experts answer"
+                       + (" (or give --model)" if single else ""))
+        if single:
+            p.add_argument("--model", help="one model instead of a run's experts: an HF directory or Hub id, "
+                                           "an xelm checkpoint, an expert's registry folder")
         p.add_argument("--registry", help="registry path (default DIR/registry)")
         p.add_argument("--router", help=ROUTER_HELP)
         p.add_argument("--lang", help="the text's language, ISO 639-3 (the language router)")
@@ -144,13 +154,13 @@ def _routing(sub) -> None:
 
     p = _verb(sub, "fill-mask", "xelm.app.cmd_routing:cmd_fill_mask",
               "predict the <mask> tokens with the routed mixture of experts")
-    common(p, "tokens to list per mask (default 5)")
+    common(p, "tokens to list per mask (default 5)", single=True)
     p.add_argument("--text", required=True, help='text with one or more <mask>, e.g. "All human beings are <mask>"')
     p.add_argument("--experts", type=int, metavar="K", help="keep the K best experts (renormalised)")
     p.set_defaults(top_k=5)
 
     p = _verb(sub, "embed", "xelm.app.cmd_routing:cmd_embed", "sentence embeddings: the routed experts' weighted mean")
-    common(p, "keep the K best experts (renormalised)")
+    common(p, "keep the K best experts (renormalised)", single=True)
     p.add_argument("--text", required=True, action="append", help="a text (repeat for several)")
 
 
@@ -178,8 +188,9 @@ def _serve(sub) -> None:
 
 def _hf(sub) -> None:
     p = _verb(sub, "import-hf", "xelm.app.cmd_hf:cmd_import",
-              "make a local Hugging Face checkpoint (BERT, XLM-R, ModernBERT) a run's base encoder")
-    p.add_argument("path", type=Path, help="HF model directory: config.json, weights, tokenizer files")
+              "make a Hugging Face checkpoint (BERT, XLM-R, ModernBERT) a run's base encoder")
+    p.add_argument("path", help="HF model directory (config.json, weights, tokenizer files), or a Hub id "
+                                "such as FacebookAI/xlm-roberta-base (downloaded to the HF cache when online)")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides for later stages, before --run-dir: e.g. experts.k=4 data.seq_len=256")
@@ -187,11 +198,13 @@ def _hf(sub) -> None:
 
     p = _verb(sub, "export-hf", "xelm.app.cmd_hf:cmd_export",
               "write an expert (or any checkpoint) as a transformers model directory")
-    p.add_argument("--model", type=Path, help="an xelm checkpoint, expert folder, run directory or HF directory")
+    p.add_argument("--model", help="an xelm checkpoint, expert folder, run directory, HF directory or Hub id")
     p.add_argument("--run-dir", type=Path)
     p.add_argument("--expert", help="the expert to export (default: the run's base)")
     p.add_argument("--registry", help="registry path (default DIR/registry)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that is not an earlier export (replaces its files)")
     _json(p)
 
 

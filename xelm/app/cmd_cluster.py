@@ -15,8 +15,13 @@ def cmd_cluster(args) -> int:
     out = args.out or (RunDir(args.run_dir).plan_file if args.run_dir else None)
     if args.run_dir and out == RunDir(args.run_dir).plan_file:
         _check_plan_is_free(RunDir(args.run_dir))
-    result = build_plan(languages, corpus, args.method, args.k, args.balanced, args.seed, args.run_dir,
-                        needs_texts(args.method, args.balanced, languages if args.languages else None))
+    ec = RunDir(args.run_dir).config().experts if args.run_dir and RunDir(args.run_dir).is_run() else None
+    balanced = args.balanced if args.balanced is not None else bool(ec and ec.balanced)
+    by_script = args.by_script if args.by_script is not None else bool(ec and ec.by_script)
+    features = args.features or (ec.features if ec else None)
+    result = build_plan(languages, corpus, args.method, args.k, balanced, args.seed, args.run_dir,
+                        needs_texts(args.method, balanced, languages if args.languages and not by_script else None),
+                        features=features, by_script=by_script)
     if held_out:
         result.plan["held_out"] = sorted(held_out)
     written = write_plan(result, out) if out else {}

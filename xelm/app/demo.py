@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clustering.build import build_plan
 from clustering.planning import write_plan
+from clustering.typology import parse_features
 from experts.registry import run_registry
 from experts.training import add_language, train_all, train_baseline, train_control
 from xelm.app.console import print_json
@@ -67,6 +68,7 @@ class StageClock:
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
              progress: bool = True) -> dict:
     cfg = load_config(config_path(config), overrides)
+    parse_features(cfg.experts.features)  # a typo fails now, not after pre-training
     run = RunDir(run_dir)
     run_dir = run.root
     say = print if progress else (lambda *a, **k: None)
@@ -87,7 +89,8 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     with clock.stage("cluster plan"):
         if not run.plan_file.exists():
             languages = sorted(run.base_summary()["tokens_by_lang"])
-            result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir)
+            result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir,
+                                features=ec.features, by_script=ec.by_script)
             write_plan(result, run.plan_file)
     plan = run.plan()
     say(f"[3/{STAGES}] {plan['method']} cluster plan, k={plan['k']}: "

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -18,10 +21,11 @@ from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertF
                           ModernBertConfig, ModernBertForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM,
                           pipeline)
 
-from xelm.cli import main  # noqa: E402
+from xelm.app.cli import main  # noqa: E402
 from xelm.config import ModelConfig  # noqa: E402
 from xelm.errors import XelmError  # noqa: E402
-from xelm.hf import export_hf, fill_mask, load_any_model, load_hf  # noqa: E402
+from xelm.fillmask import fill_mask  # noqa: E402
+from xelm.hf import export_hf, load_any_model, load_hf  # noqa: E402
 from xelm.model import Encoder  # noqa: E402
 
 MINILM = get_model_path()
@@ -106,7 +110,7 @@ def test_fill_mask_equals_the_pipeline(hf_dirs):
     assert [g["token_str"] for g in got] == [w["token_str"] for w in want]
     assert [g["sequence"] for g in got] == [w["sequence"] for w in want]
     np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-5)
-    with pytest.raises(XelmError, match="no mask token"):
+    with pytest.raises(XelmError, match="no <mask>"):
         fill_mask(model, tok, "no mask here")
 
 
@@ -194,3 +198,121 @@ def test_unsupported_checkpoints_are_one_line_errors(hf_dirs, tmp_path, capsys):
         load_hf(odd)
     with pytest.raises(XelmError, match="neither"):
         load_any_model(tmp_path)
+
+
+# ------------------------------------------------------------------------ reliability
+def xelm_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real command in a fresh process, never online (HF_HUB_OFFLINE=1)."""
+    return subprocess.run([sys.executable, "-m", "xelm", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
+
+
+def one_line_error(p: subprocess.CompletedProcess, *words: str) -> str:
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("xelm: error: "), p.stderr
+    assert all(w in p.stderr for w in words), p.stderr
+    return p.stderr
+
+
+def snapshot(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_in_pytorch_model_bin_is_not_run_and_is_one_line(hf_dirs, tmp_path):
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
+    shutil.copytree(hf_dirs["bert"], ckpt)
+    (ckpt / "model.safetensors").unlink()
+    torch.save({"bert.embeddings.word_embeddings.weight": Payload(marker)}, ckpt / "pytorch_model.bin")
+    err = one_line_error(xelm_cli("import-hf", ckpt, "--run-dir", tmp_path / "run"), "pytorch_model.bin",
+                         "model.safetensors")
+    assert "Traceback" not in err and not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_export_refuses_a_users_folder_unless_overwrite(hf_dirs, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    (mine / "config.json").write_text('{"mine": true}\n')
+    before = snapshot(mine)
+    one_line_error(xelm_cli("export-hf", "--model", hf_dirs["bert"], "--out", mine), str(mine), "--overwrite")
+    assert snapshot(mine) == before
+    assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine), "--overwrite"]) == 0
+    assert (mine / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert {(mine / f).stat().st_mode & 0o777 for f in os.listdir(mine)} == {0o644}
+    (mine / "model.safetensors").write_bytes(b"stale")  # an earlier export is replaced without --overwrite
+    assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 0
+    assert AutoModelForMaskedLM.from_pretrained(mine) is not None
+    (mine / "notes.txt").write_text("mine")  # ... but not with a file of the user's in it
+    assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_import_refuses_a_folder_that_is_not_its_run(hf_dirs, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    (proj / "tokenizer").mkdir(parents=True)
+    (proj / "tokenizer" / "tokenizer.json").write_text('{"my": "tokenizer"}')
+    before = snapshot(proj)
+    one_line_error(xelm_cli("import-hf", hf_dirs["bert"], "--run-dir", proj), str(proj), "not an xelm run")
+    assert snapshot(proj) == before and sorted(os.listdir(proj)) == ["tokenizer"]
+    # a run made from another model, or from another copy of one with the same config
+    run = tmp_path / "run"
+    assert main(["import-hf", str(hf_dirs["roberta"]), "--run-dir", str(run)]) == 0
+    done = snapshot(run)
+    assert main(["import-hf", str(hf_dirs["bert"]), "--run-dir", str(run)]) == 2
+    assert "another config or model" in capsys.readouterr().err
+    twin = tmp_path / "twin"
+    shutil.copytree(hf_dirs["roberta"], twin)
+    assert main(["import-hf", str(twin), "--run-dir", str(run)]) == 2
+    assert "already has a base encoder from" in capsys.readouterr().err
+    assert main(["import-hf", str(hf_dirs["roberta"]), "--run-dir", str(run)]) == 0  # the same: skipped
+    assert snapshot(run) == done
+
+
+def test_hub_id_offline_says_how_to_use_a_local_copy(tmp_path):
+    err = one_line_error(xelm_cli("import-hf", "FacebookAI/xlm-roberta-base", "--run-dir", tmp_path / "run",
+                                  env={"HF_HOME": str(tmp_path / "hf-home")}),
+                         "FacebookAI/xlm-roberta-base", "offline", "--local-dir")
+    assert "not a Hugging Face model directory" not in err and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- one mask everywhere
+QUERY = "All human beings are born <mask> and equal in dignity and rights."
+
+
+def test_exported_expert_fills_the_same_query_in_the_pipeline(tiny_expert_run, tmp_path, capsys):
+    """The text a user writes for xelm works unchanged in transformers' fill-mask pipeline on
+    the exported expert, with xelm's answer; ``fill-mask --model`` takes the HF folder, the
+    expert's registry folder, and gives routing's answer for that expert alone."""
+    from routing import XELM
+    from routing.routes import Routing
+
+    run, out = tiny_expert_run, tmp_path / "hf"
+    name = sorted(os.listdir(run / "registry"))[0]
+    assert main(["export-hf", "--run-dir", str(run), "--expert", name, "--out", str(out)]) == 0
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.mask_token == "<mask>" and tok.mask_token_id == AutoTokenizer.from_pretrained(
+        run / "tokenizer").mask_token_id
+    assert "<mask>" in (out / "README.md").read_text()
+    want = pipeline("fill-mask", model=str(out), device="cpu")(QUERY, top_k=5)
+    capsys.readouterr()
+    for model in (out, run / "registry" / name):
+        assert main(["fill-mask", "--model", str(model), "--text", QUERY, "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert [g["token"] for g in got] == [w["token"] for w in want]
+        assert [g["sequence"] for g in got] == [w["sequence"] for w in want]
+        np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-4)
+    x = XELM.from_run(run, experts=[name])
+    routed = x.fill_mask(QUERY, 5, router=Routing([name], np.ones((1, 1)), "fixed"))
+    assert [r["token"] for r in routed] == [w["token"] for w in want]
+    np.testing.assert_allclose([r["score"] for r in routed], [w["score"] for w in want], atol=1e-4)
+    assert main(["embed", "--model", str(out), "--text", "Alle Menschen", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dim"] == AutoModelForMaskedLM.from_pretrained(out).config.hidden_size
+    assert main(["fill-mask", "--text", QUERY]) == 2 and "--model" in capsys.readouterr().err

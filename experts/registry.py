@@ -25,19 +25,36 @@ from etils import epath
 from filelock import FileLock
 
 from xelm.errors import XelmError
+from xelm.files import inside, read_json, write_json
 from xelm.model import Encoder
 from xelm.rundir import RunDir
 from xelm.weights import checksum, load_weights, save_weights
 
 FORMAT = 1
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+RESERVED = {"index.json"}
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    """An expert (or cluster) name: it becomes a folder name, so it can never hold a path."""
+    if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
         raise XelmError(f"expert name {name!r} is not valid: use lowercase letters, digits, '-', '_' "
                         "or '.', starting with a letter or digit (at most 64 characters)")
     return name
+
+
+def check_card(card, path) -> dict:
+    """A card read from disk: a mapping with its languages (a list of codes), or one line."""
+    fix = "remove the expert with `xelm expert remove NAME` and train it again"
+    if not isinstance(card, dict):
+        raise XelmError(f"expert card {path} is damaged (expected a JSON object); {fix}")
+    langs = card.get("languages")
+    if not isinstance(langs, list) or not langs or not all(isinstance(x, str) for x in langs):
+        raise XelmError(f"expert card {path} is damaged: 'languages' is missing or not a list of codes; {fix}")
+    for key, kind in (("checksum", str), ("tokens_trained", int), ("corpus", str), ("parent", str)):
+        if card.get(key) is not None and not isinstance(card[key], kind):
+            raise XelmError(f"expert card {path} is damaged: {key!r} is not {kind.__name__}; {fix}")
+    return card
 
 
 class Registry:
@@ -49,15 +66,17 @@ class Registry:
     def index(self) -> dict:
         if not self.index_path.exists():
             return {"format": FORMAT, "experts": {}}
-        try:
-            data = json.loads(self.index_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise XelmError(f"registry index {self.index_path} is damaged ({e}); rebuild it with "
-                            "`xelm expert list --repair`") from None
-        if not isinstance(data, dict) or not isinstance(data.get("experts"), dict):
-            raise XelmError(f"registry index {self.index_path} is damaged (no 'experts' mapping); "
-                            "rebuild it with `xelm expert list --repair`")
-        if data.get("format", 0) > FORMAT:
+        fix = "rebuild it with `xelm expert list --repair`"
+        data = read_json(self.index_path, "registry index", fix)
+        fmt = data.get("format", 0)
+        if not isinstance(data.get("experts"), dict) or not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise XelmError(f"registry index {self.index_path} is damaged (needs an integer 'format' and an "
+                            f"'experts' mapping); {fix}")
+        for name in data["experts"]:
+            if not isinstance(name, str) or not NAME.match(name) or name in RESERVED:
+                raise XelmError(f"registry index {self.index_path} is damaged: {name!r} is not an expert name "
+                                f"(names never hold paths); {fix}")
+        if fmt > FORMAT:
             raise XelmError(f"registry {self.root} was written by a newer xelm (format {data['format']}, "
                             f"this one reads {FORMAT}): upgrade xelm")
         return data
@@ -72,20 +91,21 @@ class Registry:
         if name not in self.index()["experts"]:
             known = ", ".join(self.names()) or "none"
             raise XelmError(f"no expert named {name!r} in registry {self.root} (experts: {known})")
-        path = self.root / name / "card.json"
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise XelmError(f"expert {name!r}: its card {path} is missing; remove it with "
-                            f"`xelm expert remove {name}` and train it again") from None
-        except json.JSONDecodeError:
-            raise XelmError(f"expert {name!r}: its card {path} is damaged; remove it with "
-                            f"`xelm expert remove {name}` and train it again") from None
+        path = self.folder(name) / "card.json"
+        fix = f"remove it with `xelm expert remove {name}` and train it again"
+        return check_card(read_json(path, f"expert {name!r}: its card", fix), path)
+
+    def folder(self, name: str) -> epath.Path:
+        """The expert's folder: a valid name, inside the registry once symlinks are resolved."""
+        check_name(name)
+        if _is_local(self.root):
+            return epath.Path(inside(self.root, name))
+        return self.root / name
 
     def load(self, name: str) -> Encoder:
         """The expert's encoder, checksum verified; damage is reported with its name."""
         card = self.card(name)
-        model = load_weights(str(self.root / name / "weights"), name=f"expert {name!r}")
+        model = load_weights(str(self.folder(name) / "weights"), name=f"expert {name!r}")
         if checksum(model) != card["checksum"]:
             raise XelmError(f"expert {name!r}: weights do not match its card's checksum; "
                             f"remove it with `xelm expert remove {name}` and train it again")
@@ -102,6 +122,9 @@ class Registry:
             yield
 
     def _write_index(self, data: dict) -> None:
+        if _is_local(self.root):
+            write_json(self.index_path, data)  # atomic; a failed write leaves no temporary
+            return
         tmp = self.root / f".index.{uuid.uuid4().hex}.tmp"
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         tmp.replace(self.index_path)  # atomic on POSIX: readers see the old or the new index
@@ -118,7 +141,10 @@ class Registry:
             digest = save_weights(model, str(staging / "weights"))
             card = {**card, "checksum": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "format": FORMAT}
-            (staging / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+            if _is_local(staging):
+                write_json(staging / "card.json", card)
+            else:
+                (staging / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
             with self._locked():
                 data = self.index()
                 if name in data["experts"]:
@@ -136,15 +162,26 @@ class Registry:
         return card
 
     def remove(self, name: str) -> None:
-        """Drop ``name`` from the index, then delete its folder (also an orphaned one)."""
+        """Drop ``name`` from the index, then delete its folder (also an orphaned one). Only an
+        expert's own folder (a real directory holding a card) is deleted; a symlink in its place
+        is unlinked, never followed."""
+        folder = self.root / check_name(name)
+        link = _is_local(self.root) and os.path.islink(str(folder))
+        ours = link or (folder.is_dir() and (folder / "card.json").exists())
         with self._locked():
             data = self.index()
-            if name not in data["experts"] and not (self.root / check_name(name)).exists():
-                raise XelmError(f"no expert named {name!r} in registry {self.root}")
+            if name not in data["experts"]:
+                if not folder.exists() and not link:
+                    raise XelmError(f"no expert named {name!r} in registry {self.root}")
+                if not ours:
+                    raise XelmError(f"{folder} is not an expert's folder (no card.json) and the index does not "
+                                    "name it: not removing it")
             if data["experts"].pop(name, None) is not None:
                 self._write_index(data)
-        if (self.root / name).exists():
-            _rmtree(self.root / name)
+        if link:
+            os.unlink(str(folder))
+        elif ours:
+            _rmtree(folder)
 
     def repair(self) -> list[str]:
         """Rebuild the index from the expert folders whose card is readable; returns the names."""
@@ -152,11 +189,12 @@ class Registry:
             experts = {}
             for folder in sorted(self.root.iterdir()) if self.root.exists() else []:
                 card_path = folder / "card.json"
-                if folder.name.startswith(".") or not card_path.exists():
-                    continue
+                if (not NAME.match(folder.name) or folder.name in RESERVED or not card_path.exists()
+                        or (_is_local(folder) and os.path.islink(str(folder)))):
+                    continue  # a symlink may lead anywhere: only real folders are adopted
                 try:
-                    experts[folder.name] = _summary(json.loads(card_path.read_text()))
-                except json.JSONDecodeError:
+                    experts[folder.name] = _summary(check_card(read_json(card_path, "card"), card_path))
+                except XelmError:
                     continue
             self._write_index({"format": FORMAT, "experts": experts})
         return sorted(experts)

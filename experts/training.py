@@ -6,20 +6,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from experts.registry import check_name, run_registry
 from experts.typology import nearest_expert, typology_centroid
 from xelm.batches import VALIDATION_SEED, TokenizedCorpus, make_batch
-from xelm.config import RunConfig, Stage
+from xelm.config import RunConfig, Stage, to_dict
 from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
-from xelm.files import read_json, write_json
+from xelm.files import claim_work_folder, read_json, write_json
 from xelm.languages import parse_language_list
 from xelm.model import Encoder
 from xelm.rundir import RunDir
 from xelm.train import evaluate_loss, train
-from xelm.weights import save_weights
+from xelm.weights import checksum, save_weights
 
 EVAL_BATCHES = 4
 
@@ -73,9 +74,22 @@ def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: in
                         f"{corpus_spec or cfg.data.corpus}")
     bcfg = budget_config(cfg, languages, tokens)
     tokenized = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
+    _claim_work(work, parent, bcfg, languages, corpus_spec)
     result = train(bcfg, tokenized, work, mask_id=tok.mask_token_id, model=parent, progress=progress, desc=desc)
     val = validation_loss(result.model, tok, corpus["validation"], bcfg, languages)
     return result, bcfg, val, texts_by_lang(split)
+
+
+def _claim_work(work: Path, parent: Encoder, bcfg: RunConfig, languages: list[str], corpus_spec: str | None) -> None:
+    """Checkpoints in ``work`` are resumed only if they were written for this very training
+    (parent weights, languages, corpus, config): a folder left under a reused name by another
+    training starts clean, and says so."""
+    job = {"parent_checksum": checksum(parent), "languages": sorted(languages),
+           "corpus": corpus_spec or bcfg.data.corpus, "config": to_dict(bcfg)}
+    why = claim_work_folder(work, job)
+    if why:
+        print(f"xelm: note: {work} held checkpoints of another training ({why}); starting clean",
+              file=sys.stderr)
 
 
 def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, registry: str | None = None,

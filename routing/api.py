@@ -20,7 +20,7 @@ from routing.language import LanguageRouter
 from routing.masking import MASK_RATIO, check_texts, encode, existing_masks
 from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
-from routing.routes import Routing, check_top_k
+from routing.routes import Routing, check_temperature, check_top_k
 from routing.runfiles import expert_scripts, expert_texts, letter_scripts
 from routing.scoring import BATCH_TOKENS, MAX_LEN, label_table, mixture_nll, per_token, prepare
 from xelm.batches import length_bucketed
@@ -66,7 +66,7 @@ class XELM:
             raise XelmError(f"unknown posterior prior {prior!r}: choose {' or '.join(PRIORS)}")
         self.names = [c["name"] for c in self.cards]
         self.pool = ExpertPool(registry, cache_size)
-        self.temperature, self.prior, self.batch_tokens = temperature, prior, batch_tokens
+        self.temperature, self.prior, self.batch_tokens = check_temperature(temperature), prior, batch_tokens
         self.max_len = max_len or min(RunDir(run_dir).config().model.max_len, MAX_LEN)
         self._routers: dict[str, object] = {}
         self._scripts: set[str] | None = None

@@ -47,6 +47,11 @@ def check_texts(texts) -> list[str]:
         if not isinstance(t, str) or not t.strip():
             raise XelmError(f"text {i + 1} is empty: give non-empty text" if len(texts) > 1 else
                             "the text is empty: give non-empty text")
+        try:
+            t.encode("utf-8")  # undecodable bytes from a command line arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise XelmError(f"text {i + 1} is not valid UTF-8: give UTF-8 text" if len(texts) > 1 else
+                            "the text is not valid UTF-8: give UTF-8 text") from None
     return texts
 
 

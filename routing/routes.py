@@ -41,6 +41,17 @@ class Routing:
         return Routing(self.names, keep_top_k(self.weights, k), self.router, self.notes)
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
+
+
+def check_temperature(t, what: str = "router temperature") -> float:
+    """A softmax temperature that keeps every weight a number: finite, within [1e-6, 1e6]."""
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+        raise XelmError(f"{what} {t!r} is out of range: give a number from {MIN_TEMPERATURE:g} to "
+                        f"{MAX_TEMPERATURE:g} (e.g. 0.1)")
+    return float(t)
+
+
 def check_top_k(k, n_experts: int) -> int | None:
     if k is None:
         return None

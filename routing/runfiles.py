@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
@@ -47,6 +48,8 @@ def cached_for(path: Path, cards: list[dict], compute: Callable[[], object], kee
     experts are kept, so routing among a subset of a registry does not evict the whole one."""
     fp = fingerprint(cards)
     entries = (read_meta(path) or {}).get("by_fingerprint", {})
+    if not isinstance(entries, dict):  # a damaged cache is recomputed
+        entries = {}
     if fp not in entries:
         entries = {**dict(list(entries.items())[-(keep - 1):]), fp: compute()}
         write_meta(path, {"by_fingerprint": entries})
@@ -61,8 +64,11 @@ def expert_texts(run_dir: str | Path, cards: list[dict], split: str = "train") -
     for c in cards:
         by_corpus.setdefault(c.get("corpus") or default, set()).update(c["languages"])
     out: dict[str, list[str]] = {}
-    for spec, langs in by_corpus.items():
-        part = load_corpus(spec, languages=sorted(langs))[split]
+    for spec, langs in by_corpus.items():  # a card's corpus never reaches the network (a hub spec is
+        # followed only when it is the run config's own, which the user chose)
+        if not isinstance(spec, str):
+            raise XelmError(f"an expert card names corpus {spec!r}, which is not a corpus spec; re-create the expert")
+        part = load_corpus(spec, languages=sorted(langs), hub=spec == default)[split]
         for lang, text in zip(part["lang"], part["text"]):
             out.setdefault(lang, []).append(text)
     return out
@@ -75,7 +81,12 @@ def corpus_split(run_dir: str | Path, split: str, languages: list[str] | None = 
 
 @lru_cache(maxsize=65536)
 def _script(ch: str) -> str | None:
-    return char_script(ch)
+    """A letter's script; one without an ISO 15924 code here (Linear B, Ogham, ...) is told apart
+    by its Unicode block name, so that such a script is never taken for one the experts saw."""
+    script = char_script(ch)
+    if script == "Zyyy":
+        return "Zyyy-" + unicodedata.name(ch, "unknown").split(" ")[0].title()
+    return script
 
 
 def letter_scripts(text: str) -> dict[str, int]:
@@ -98,4 +109,6 @@ def expert_scripts(run_dir: str | Path, cards: list[dict]) -> set[str]:
         return scripts
 
     scripts = cached_for(router_dir(run_dir) / "scripts.json", cards, count)
+    if not isinstance(scripts, dict) or not all(isinstance(n, int) for n in scripts.values()):
+        scripts = count()  # a damaged cache entry: counted again
     return {s for s, n in scripts.items() if n >= MIN_LETTERS}

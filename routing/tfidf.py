@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from clustering.tfidf import TfidfSpace
-from routing.routes import Routing, softmax_rows
+from routing.routes import Routing, check_temperature, softmax_rows
 from routing.runfiles import expert_texts, fingerprint, read_meta, router_dir, write_meta
 from xelm.errors import XelmError
 
@@ -37,9 +37,13 @@ def load_or_fit(run_dir: str | Path, cards: list[dict], temperature: float = TEM
     it was saved; it routes among ``experts`` (default: all of them), placed by their languages."""
     path = router_dir(run_dir) / "tfidf"
     meta = read_meta(path / "router.json")
+    space = None
     if meta and meta.get("fingerprint") == fingerprint(cards):
-        space = TfidfSpace.load(path)
-    else:
+        try:
+            space = TfidfSpace.load(path)
+        except Exception:  # noqa: BLE001 - a damaged cache (truncated npz, ...) of any kind is refitted
+            space = None
+    if space is None:
         space = fit_language_space(expert_texts(run_dir, cards))
         space.save(path)
         write_meta(path / "router.json", {"fingerprint": fingerprint(cards)})
@@ -51,8 +55,7 @@ class TfidfRouter:
 
     def __init__(self, space: TfidfSpace, experts: dict[str, list[str]], temperature: float = TEMPERATURE):
         """``experts``: each expert's languages (centroids of ``space``, named by language)."""
-        if not temperature > 0:
-            raise XelmError(f"TF-IDF router temperature {temperature} must be positive")
+        temperature = check_temperature(temperature, "TF-IDF router temperature")
         at = {lang: i for i, lang in enumerate(space.names)}
         self.columns = {}
         for name, langs in experts.items():

@@ -240,21 +240,60 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and not args.debug:
+        quiet_library_threads()
+    code = _run(args)
+    if argv is None and code:  # the real command line: this process is ours to end, at once after
+        sys.stdout.flush()  # the error line, so that no library thread prints after it (Orbax's
+        sys.stderr.flush()  # savers at interpreter shutdown)
+        os._exit(code)
+    return code
+
+
+def quiet_library_threads() -> None:
+    """A failing write in a library's worker threads (Orbax) is reported once, by us, in one
+    line: their tracebacks and error logs are for ``--debug``."""
+    import logging
+    import threading
+
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    threading.excepthook = lambda hook_args: None
+    main_hook = sys.excepthook  # native threads (TensorStore's callbacks) report through sys.excepthook
+
+    def hook(*exc_info):
+        if threading.current_thread() is threading.main_thread():
+            main_hook(*exc_info)
+    sys.excepthook = hook
+
+
+def _fail(args, message: str) -> int:
+    """The one error line; temporary files this process left in its folders are removed first."""
+    from xelm.files import clean_temporaries
+
+    clean_temporaries(*(getattr(args, k, None) for k in ("run_dir", "registry", "out")))
+    print("xelm: error: " + " ".join(message.split()), file=sys.stderr)  # one line, always
+    return 2
+
+
+def _run(args) -> int:
+    from xelm.files import describe_os_error, device_error
+
     try:
         return dispatch(args)
     except XelmError as e:
         if args.debug:
             traceback.print_exc()
-        print("xelm: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, always
-        return 2
+        return _fail(args, str(e))
     except KeyboardInterrupt:
         print("xelm: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `xelm ... --json | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:  # permission denied, disk full, ...: name the file, no traceback
+    except Exception as e:  # disk full, quota, read-only (also wrapped by a library), permission denied
+        device = device_error(e)
+        if device is None and not isinstance(e, OSError):
+            raise
         if args.debug:
             traceback.print_exc()
-        print(f"xelm: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
-        return 2
+        return _fail(args, describe_os_error(device or e))

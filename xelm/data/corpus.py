@@ -11,6 +11,8 @@ A corpus spec is one of:
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -30,14 +32,26 @@ UDHR_PATH = Path(__file__).with_name("udhr.parquet")
 # UDHR articles per split: parallel across languages (the same articles everywhere).
 UDHR_VALIDATION = {"25", "26", "27"}
 UDHR_TEST = {"28", "29", "30"}
+# What one corpus file may cost: bytes on disk, text bytes once decoded, and rows. A file past
+# these is refused with a message, not read until memory runs out (a parquet file of a few
+# hundred bytes can decode to gigabytes).
+MAX_FILE_BYTES = 4 * 2**30
+MAX_TEXT_BYTES = 4 * 2**30
+MAX_ROWS = 20_000_000
+PARQUET_BATCH_ROWS = 4096
 
 
 def udhr_split(unit: str) -> str:
     return "validation" if unit in UDHR_VALIDATION else "test" if unit in UDHR_TEST else "train"
 
 
-def load_corpus(spec: str | Path, languages: list[str] | None = None) -> datasets.DatasetDict:
-    """The corpus named by ``spec``, optionally restricted to ``languages`` (ISO 639-3)."""
+def load_corpus(spec: str | Path, languages: list[str] | None = None, hub: bool = True) -> datasets.DatasetDict:
+    """The corpus named by ``spec``, optionally restricted to ``languages`` (ISO 639-3).
+    ``hub=False`` refuses ``hf:`` specs: a spec read from a card or plan never reaches the network."""
+    if not hub and str(spec).startswith("hf:"):
+        raise XelmError(f"corpus {spec!r} comes from a file xelm read (a card or plan), and names a hub "
+                        "dataset: xelm does not go to the network for a file's content; make the dataset a "
+                        "local directory corpus, or the run's own data.corpus")
     table = _load_table(str(spec))
     if languages is not None:
         languages = [languages] if isinstance(languages, str) else list(languages)
@@ -79,6 +93,8 @@ def _udhr_table() -> pa.Table:
 
 def _directory_table(path: Path) -> pa.Table:
     files = sorted(f for f in path.iterdir() if f.suffix in (".txt", ".jsonl", ".parquet"))
+    for f in files:
+        _check_regular(f)
     if not files:
         raise XelmError(f"corpus directory {path} has no .txt, .jsonl or .parquet files")
     rows: dict[str, list] = {c: [] for c in (*COLUMNS, "split")}
@@ -116,6 +132,43 @@ def _split_of(record: dict, index: int, f: Path) -> str:
     return split
 
 
+def _check_regular(f: Path) -> None:
+    """Only a regular file of bounded size is read: a device (``/dev/zero``), a FIFO or a socket
+    behind a corpus name would never end."""
+    try:
+        st = os.stat(f)
+    except OSError as e:
+        raise XelmError(f"corpus file {f} cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise XelmError(f"corpus file {f} is not a regular file (a device, FIFO or socket); give plain files")
+    if st.st_size > MAX_FILE_BYTES:
+        raise XelmError(f"corpus file {f} is {st.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}: "
+                        "split it into several files or shard the corpus")
+
+
+def _too_big(f: Path, what: str) -> XelmError:
+    return XelmError(f"corpus file {f} holds more than {what}, the most one file may hold "
+                     "(a compressed file can decode to far more than its size): split it")
+
+
+def _read_parquet(f: Path) -> list[dict]:
+    """Rows of a parquet file, read in batches so that its decoded size is bounded as it grows."""
+    pf = pq.ParquetFile(f)
+    if pf.metadata.num_rows > MAX_ROWS:
+        raise _too_big(f, f"{MAX_ROWS:,} rows")
+    columns = [c for c in ("text", "lang", "tag", "split") if c in pf.schema_arrow.names]
+    records, size = [], 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        for name in columns:
+            col = batch.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                size += pc.sum(pc.binary_length(col)).as_py() or 0
+        if size > MAX_TEXT_BYTES:
+            raise _too_big(f, f"{MAX_TEXT_BYTES:,} bytes of text")
+        records.extend(batch.to_pylist())
+    return records
+
+
 def _read_records(f: Path) -> list[dict]:
     try:
         if f.suffix == ".txt":
@@ -124,16 +177,23 @@ def _read_records(f: Path) -> list[dict]:
         if f.suffix == ".jsonl":
             records = [json.loads(line) for line in f.read_text("utf-8").splitlines() if line.strip()]
         else:
-            records = pq.read_table(f).to_pylist()
+            records = _read_parquet(f)
     except UnicodeDecodeError:
         raise XelmError(f"corpus file {f} is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise XelmError(f"corpus file {f} is not JSON lines ({e.msg} at line {e.lineno})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise XelmError(f"corpus file {f} is not JSON lines{where}") from None
     except (OSError, pa.ArrowException) as e:
-        raise XelmError(f"corpus file {f} cannot be read: {e}") from None
+        raise XelmError(f"corpus file {f} cannot be read: {str(e).splitlines()[0] if str(e) else e}") from None
+    if len(records) > MAX_ROWS:
+        raise _too_big(f, f"{MAX_ROWS:,} rows")
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("text"), str):
             raise XelmError(f"corpus file {f}, record {i + 1}: needs a 'text' string field")
+        for key in ("lang", "tag", "split"):
+            if r.get(key) is not None and not isinstance(r[key], str):
+                raise XelmError(f"corpus file {f}, record {i + 1}: {key!r} must be a string, "
+                                f"got {type(r[key]).__name__}")
     return [r for r in records if r["text"].strip()]
 
 

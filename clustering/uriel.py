@@ -15,6 +15,7 @@ setuptools works. Feature sets as lang2vec defines them:
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.util
 from functools import cache
@@ -124,3 +125,30 @@ def lat_lon(languages: list[str]) -> np.ndarray:
     """[n, 2] latitude, longitude in degrees."""
     table = _coordinates()
     return table["lat_lon"][_rows(table, languages)]
+
+
+def family_members(node: str) -> frozenset[str]:
+    """Every ISO 639-3 code under the family-tree node ``node`` (an exact node name)."""
+    table = _families()
+    col = table["nodes"].index(node)
+    langs = list(table["index"])
+    return frozenset(langs[i] for i in np.flatnonzero(table["member"][:, col]))
+
+
+def family_node(name: str) -> str:
+    """The family-tree node a user means by ``name``: a node of that name (any case), else the
+    broadest node with ``name`` among its words ('Bantu' -> 'Narrow Bantu', Glottolog's name for
+    the Bantu languages). An unknown name is an error listing the nearest node names."""
+    nodes = _families()["nodes"]
+    wanted = " ".join(name.replace("_", " ").split()).casefold()
+    exact = [n for n in nodes if n.casefold() == wanted]
+    if exact:
+        return exact[0]
+    words = set(wanted.split())
+    containing = [n for n in nodes if words and words <= set(n.casefold().replace("-", " ").split())
+                  | set(n.casefold().split())]
+    if containing:
+        return max(containing, key=lambda n: (len(family_members(n)), -len(n)))
+    near = difflib.get_close_matches(name, nodes, n=5, cutoff=0.6)
+    raise XelmError(f"unknown language family {name!r}: not a URIEL/Glottolog family or branch name"
+                    + (f"; nearest: {', '.join(near)}" if near else "; e.g. Romance, Slavic, Bantu, Turkic, Indo-Aryan"))

@@ -133,35 +133,52 @@ def _experts(sub) -> None:
 
 
 def _routing(sub) -> None:
-    def common(p: argparse.ArgumentParser, top_k_help: str, single: bool = False) -> None:
+    """One rule per concept in every verb: --experts K (experts kept), --top-k K (tokens listed,
+    fill-mask only, as in transformers), --text/--file/- in, --json/--jsonl/--out out."""
+    def common(p: argparse.ArgumentParser, single: bool = False) -> None:
         p.add_argument("--run-dir", type=Path, required=not single, help="the run whose experts answer"
                        + (" (or give --model)" if single else ""))
         if single:
             p.add_argument("--model", help="one model instead of a run's experts: an HF directory or Hub id, "
                                            "an xelm checkpoint, an expert's registry folder")
         p.add_argument("--registry", help="registry path (default DIR/registry)")
+        p.add_argument("--text", action="append", help="a text (repeat for several; '-' reads stdin, one per line)")
+        p.add_argument("--file", metavar="PATH", help="texts, one per line, or JSONL with \"text\" and optional "
+                                                      "\"lang\" ('-': stdin)")
         p.add_argument("--router", help=ROUTER_HELP)
-        p.add_argument("--lang", help="the text's language, ISO 639-3 (the language router)")
-        p.add_argument("--top-k", type=int, help=top_k_help)
+        p.add_argument("--lang", help="the texts' language: ISO 639-3, ISO 639-1 or BCP-47 (the language router)")
+        p.add_argument("--experts", type=int, metavar="K", help="keep the K best experts per text (renormalised)")
         p.add_argument("--temperature", type=float, default=0.1, help="TF-IDF router temperature T in "
                                                                        "softmax(-d²/T) (default 0.1)")
         p.add_argument("--prior", default="uniform", help="posterior router prior: uniform | validation")
         _json(p)
+        p.add_argument("--jsonl", action="store_true", help="one JSON object per text and line, in input order")
 
-    p = _verb(sub, "route", "xelm.app.cmd_routing:cmd_route", "which experts a text goes to, and with what weight")
-    common(p, "keep the K best experts (renormalised)")
-    p.add_argument("--text", required=True)
+    def renamed_top_k(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--top-k", dest="old_top_k", type=int, help=argparse.SUPPRESS)
+
+    p = _verb(sub, "route", "xelm.app.cmd_routing:cmd_route", "which experts each text goes to, and with what weight")
+    common(p)
+    renamed_top_k(p)
+    p.add_argument("--out", type=Path, help="write the results to FILE.jsonl")
+
+    p = _verb(sub, "score", "xelm.app.cmd_routing:cmd_score",
+              "masked-LM loss per text under the routed mixture (nats per masked token)")
+    common(p)
+    renamed_top_k(p)
+    p.add_argument("--out", type=Path, help="write the results to FILE.jsonl")
 
     p = _verb(sub, "fill-mask", "xelm.app.cmd_routing:cmd_fill_mask",
               "predict the <mask> tokens with the routed mixture of experts")
-    common(p, "tokens to list per mask (default 5)", single=True)
-    p.add_argument("--text", required=True, help='text with one or more <mask>, e.g. "All human beings are <mask>"')
-    p.add_argument("--experts", type=int, metavar="K", help="keep the K best experts (renormalised)")
-    p.set_defaults(top_k=5)
+    common(p, single=True)
+    p.add_argument("--top-k", type=int, default=5, help="tokens to list per <mask> (default 5)")
+    p.add_argument("--out", type=Path, help="write the results to FILE.jsonl")
 
     p = _verb(sub, "embed", "xelm.app.cmd_routing:cmd_embed", "sentence embeddings: the routed experts' weighted mean")
-    common(p, "keep the K best experts (renormalised)", single=True)
-    p.add_argument("--text", required=True, action="append", help="a text (repeat for several)")
+    common(p, single=True)
+    renamed_top_k(p)
+    p.add_argument("--out", type=Path, help="write the vectors to FILE.npy ([texts, dim] float32), or the "
+                                            "results to FILE.jsonl")
 
 
 def _serve(sub) -> None:
@@ -193,7 +210,7 @@ def _hf(sub) -> None:
                                 "such as FacebookAI/xlm-roberta-base (downloaded to the HF cache when online)")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides for later stages, before --run-dir: e.g. experts.k=4 data.seq_len=256")
+                   help="config overrides for later stages, e.g. experts.k=4 data.seq_len=256")
     _json(p)
 
     p = _verb(sub, "export-hf", "xelm.app.cmd_hf:cmd_export",
@@ -238,8 +255,22 @@ def dispatch(args: argparse.Namespace) -> int:
     return getattr(importlib.import_module(module), name)(args)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """As argparse, except that ``key=value`` overrides may come anywhere on the line (before or
+    after the options) in every verb that takes them, as they do in ``pretrain``."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all(
+                "=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error("unrecognized arguments: " + " ".join(extra))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if argv is None and not args.debug:
         quiet_library_threads()
     code = _run(args)

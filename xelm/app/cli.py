@@ -116,8 +116,10 @@ def _experts(sub) -> None:
     p = _verb(ex, "add", "xelm.app.cmd_experts:cmd_add",
               "add an expert for new languages without retraining others (HMR)")
     common(p)
-    p.add_argument("--languages", required=True, help="comma-separated ISO 639-3 codes")
-    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--languages", help="comma-separated codes: ISO 639-3 (ita), ISO 639-1 (it) or BCP-47 (pt-BR)")
+    p.add_argument("--family", metavar="NAME", help="a language family or branch (URIEL/Glottolog), e.g. Bantu, "
+                                                    "Romance, Turkic, Indo-Aryan: its languages with text in the corpus")
+    p.add_argument("--tokens", type=int, required=True, help="token budget (rounded up to whole batches)")
     p.add_argument("--parent", default="auto", help="auto (typologically nearest expert), base, or a name")
     p.add_argument("--name")
     p.add_argument("--corpus", help="corpus with the new languages' text (default: the run's)")

@@ -11,19 +11,36 @@ from pathlib import Path
 from experts.registry import check_name, run_registry
 from experts.training import add_language, train_all, train_baseline, train_expert
 from xelm.app.console import print_json
+from xelm.app.langargs import note, resolve_languages, warn
+from xelm.data import load_corpus
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
 
-def _line(card: dict) -> str:
-    val = card.get("validation_loss")
-    langs = card["languages"]
-    shown = ",".join(langs[:8]) + (f",… ({len(langs)})" if len(langs) > 8 else "")
-    return (f"{card['name']:<24}{card.get('parent', ''):<16}{card.get('tokens_trained', 0):>10,}"
-            f"{'' if val is None else f'{val:>9.3f}':>9}  {shown}")
+def _table(cards: list[dict], marks: dict[str, str] | None = None) -> list[str]:
+    """The experts as aligned columns, as wide as their longest name and parent."""
+    name_w = max([len("name"), *(len(c["name"]) for c in cards)]) + 2
+    parent_w = max([len("parent"), *(len(str(c.get("parent", ""))) for c in cards)]) + 2
+    lines = [f"{'name':<{name_w}}{'parent':<{parent_w}}{'tokens':>10}{'val loss':>10}  languages"]
+    for c in cards:
+        val, langs = c.get("validation_loss"), c["languages"]
+        shown = ",".join(langs[:8]) + (f",… ({len(langs)})" if len(langs) > 8 else "")
+        lines.append(f"{c['name']:<{name_w}}{str(c.get('parent', '')):<{parent_w}}{c.get('tokens_trained', 0):>10,}"
+                     f"{'-' if val is None else f'{val:.3f}':>10}  {shown}" + (marks or {}).get(c["name"], ""))
+    return lines
 
 
-HEADER = f"{'name':<24}{'parent':<16}{'tokens':>10}{'val loss':>9}  languages"
+def _budget_notes(cards: list[dict], asked: int | None) -> None:
+    """Say where the tokens trained differ from the budget asked (whole batches of batch_size x
+    seq_len tokens) and where a card has no validation loss."""
+    for c in cards:
+        trained = c.get("tokens_trained", 0)
+        if asked and trained != asked and not c.get("skipped"):
+            note(f"{c['name']}: --tokens {asked:,} trained as {trained:,} tokens ({trained / asked - 1:+.1%}): "
+                 "budgets are rounded up to whole batches (data.batch_size x data.seq_len tokens a step)")
+        if c.get("validation_loss") is None and not c.get("skipped"):
+            warn(f"{c['name']}: no validation text for {','.join(c['languages'])} in its corpus, so no validation "
+                 "loss: give the corpus a validation split (a .jsonl or .parquet file with a split column)")
 
 
 def cmd_train(args) -> int:
@@ -38,9 +55,8 @@ def cmd_train(args) -> int:
     if args.json:
         print_json(cards)
     else:
-        print(HEADER)
-        for c in cards:
-            print(_line(c) + ("  (already registered)" if c.get("skipped") else ""))
+        print("\n".join(_table(cards, {c["name"]: "  (already registered)" for c in cards if c.get("skipped")})))
+    _budget_notes(cards, args.tokens or RunDir(args.run_dir).config().experts.tokens)
     return 0
 
 
@@ -67,17 +83,58 @@ def train_parallel(run_dir: Path, tokens: int | None, registry: str | None, jobs
 
 
 def cmd_add(args) -> int:
-    card = add_language(args.run_dir, args.languages, args.tokens, args.parent, args.name, args.corpus,
+    run = RunDir(args.run_dir)
+    corpus = args.corpus or run.config().data.corpus
+    available = set(load_corpus(corpus)["train"]["lang"]) if args.family else None
+    langs = resolve_languages(args.languages, args.family, available, corpus)
+    name = args.name or (f"hmr-{_slug(args.family)}" if args.family and not args.languages else None)
+    before = run_registry(run, args.registry).cards()
+    card = add_language(args.run_dir, langs, args.tokens, args.parent, name, args.corpus,
                         args.registry, progress=not args.json)
     if args.json:
         print_json(card)
     else:
-        how = (f"nearest expert by typology: {card['parent']} (distance {card['parent_distance']:.3f})"
-               if card.get("parent_distance") is not None else f"parent: {card['parent']}")
-        print(f"registered {card['name']} for {','.join(card['languages'])}; {how}")
-        print(HEADER)
-        print(_line(card))
+        print(f"registered {card['name']} for {','.join(card['languages'])}; {_parent_line(card, before)}")
+        print("\n".join(_table([card])))
+    _covered_note(card, before)
+    _budget_notes([card], args.tokens)
+    _repetition_warning(run, card, args.corpus or corpus)
     return 0
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(ch if ch.isalnum() else " " for ch in text.casefold()).split())
+
+
+def _parent_line(card: dict, before: list[dict]) -> str:
+    """Which expert the new one branched from, and why (an HMR parent is named as such)."""
+    kinds = {c["name"]: c.get("kind", "cluster") for c in before}
+    parent = card["parent"]
+    kind = "the base encoder" if parent == "base" else f"{kinds.get(parent, 'an')} expert"
+    if card.get("parent_distance") is None:
+        return f"branched from {parent} ({kind}, as --parent asked)"
+    return (f"branched from {parent} ({kind}): the typologically nearest expert, distance "
+            f"{card['parent_distance']:.3f} (--parent NAME or --parent base chooses another)")
+
+
+def _covered_note(card: dict, before: list[dict]) -> None:
+    for lang in card["languages"]:
+        owners = [c["name"] for c in before if lang in c["languages"]]
+        if owners:
+            note(f"{lang} was already in expert(s) {', '.join(owners)}: {card['name']} is one more expert for it; "
+                 f"the language router now weighs them all (`xelm expert remove {card['name']}` undoes it)")
+
+
+REPEAT_WARN = 10  # a budget that reads the corpus more times than this mostly memorises it
+
+
+def _repetition_warning(run: RunDir, card: dict, corpus: str) -> None:
+    split = load_corpus(corpus, languages=card["languages"])["train"]
+    have = sum(len(ids) for ids in run.tokenizer()(list(split["text"]), add_special_tokens=False)["input_ids"])
+    trained = card.get("tokens_trained", 0)
+    if have and trained > REPEAT_WARN * have:
+        warn(f"{card['name']}: {trained:,} tokens trained from a corpus of {have:,} tokens ({corpus}): each text "
+             f"seen about {trained / have:.0f} times, so the expert memorises it; give more text or fewer --tokens")
 
 
 def cmd_list(args) -> int:
@@ -90,9 +147,7 @@ def cmd_list(args) -> int:
     if args.json:
         print_json(cards)
         return 0
-    print(HEADER)
-    for c in cards:
-        print(_line(c))
+    print("\n".join(_table(cards)))
     return 0
 
 

@@ -7,12 +7,15 @@ import dataclasses
 import math
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from experts.plan_integrity import check_dense_matches, check_experts_match_plan, plan_fingerprint
 from experts.registry import check_name, run_registry
 from experts.typology import nearest_expert, typology_centroid
 from xelm.batches import VALIDATION_SEED, TokenizedCorpus, make_batch
 from xelm.config import RunConfig, Stage, to_dict
+from xelm.curriculum import stage_index, stage_probabilities
 from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.files import claim_work_folder, read_json, write_json
@@ -23,6 +26,7 @@ from xelm.train import evaluate_loss, train
 from xelm.weights import checksum, save_weights
 
 EVAL_BATCHES = 4
+BatchSource = Callable[[int], tuple]  # step -> (batch, tokens by language), as ``train(batch_source=)`` takes
 
 
 def check_tokens(tokens: int | None, default: int | None = None) -> int:
@@ -35,15 +39,44 @@ def check_tokens(tokens: int | None, default: int | None = None) -> int:
 
 
 def budget_config(cfg: RunConfig, languages: list[str], tokens: int) -> RunConfig:
-    """The run config for training on ``languages`` for ``tokens`` tokens (rounded up to steps)."""
+    """The run config for training on ``languages`` for ``tokens`` tokens (rounded up to steps).
+    Warmup and decay are fractions of the model's own steps: every model compared (an expert,
+    the dense baseline with the sum of their steps) has the same schedule shape."""
     tokens = check_tokens(tokens)
     ec, per_step = cfg.experts, cfg.data.batch_size * cfg.data.seq_len
     steps = math.ceil(tokens / per_step)
-    stage = Stage("expert", 1.0, tuple(languages), ec.mask_ratio, ec.temperature)
-    tc = dataclasses.replace(cfg.train, steps=steps, lr=ec.lr, warmup_steps=min(ec.warmup_steps, steps // 2),
+    stages = (Stage("expert", 1.0 - ec.decay_fraction, tuple(languages), ec.mask_ratio, ec.temperature),
+              Stage("expert-decay", 1.0, tuple(languages), ec.mask_ratio, ec.temperature))
+    tc = dataclasses.replace(cfg.train, steps=steps, lr=ec.lr, warmup_steps=round(ec.warmup_fraction * steps),
                              log_every=max(1, min(cfg.train.log_every, steps // 4)),
                              checkpoint_every=max(1, steps // 2))
-    return dataclasses.replace(cfg, curriculum=(stage,), train=tc)
+    return dataclasses.replace(cfg, curriculum=stages, train=tc)
+
+
+def budget_batches(bcfg: RunConfig, corpus: TokenizedCorpus, mask_id: int) -> BatchSource:
+    """The batch of each step of a :func:`budget_config` run (what ``train`` would draw): the
+    experts train on these, and the dense baseline replays them."""
+    stages, tc = bcfg.curriculum, bcfg.train
+    probs = [stage_probabilities(stage, corpus.sizes()) for stage in stages]
+
+    def source(step: int):
+        si = stage_index(step, stages, tc.steps)
+        return make_batch(corpus, probs[si], batch_size=bcfg.data.batch_size, seq_len=bcfg.data.seq_len,
+                          mask_ratio=stages[si].mask_ratio, mask_id=mask_id, vocab_size=bcfg.model.vocab_size,
+                          seed=tc.seed, step=step)
+    return source
+
+
+def interleaved(sources: list[tuple[BatchSource, int]]) -> tuple[BatchSource, int]:
+    """One source that plays each (source, steps) to its end, round robin (expert 0's step 0,
+    expert 1's step 0, ...): the union of the experts' batches, so every language gets exactly
+    the tokens it got from its expert."""
+    order = [(e, s) for s in range(max(n for _, n in sources)) for e, (_, n) in enumerate(sources) if s < n]
+
+    def source(step: int):
+        e, s = order[step]
+        return sources[e][0](s)
+    return source, len(order)
 
 
 def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages: list[str]) -> float | None:
@@ -61,10 +94,8 @@ def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages:
     return evaluate_loss(model, batches)
 
 
-def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: int, work: Path,
-                corpus_spec: str | None, progress: bool, desc: str):
-    """Train a copy of ``parent`` on ``languages``; returns (result, cfg, validation loss)."""
-    run = RunDir(run_dir)
+def _budget_data(run: RunDir, languages: list[str], tokens: int, corpus_spec: str | None = None):
+    """(corpus, tokenized training split, budget config, batch source) for training on ``languages``."""
     cfg, tok = run.config(), run.tokenizer()
     corpus = load_corpus(corpus_spec or cfg.data.corpus, languages=languages)
     split = corpus["train"]
@@ -74,8 +105,23 @@ def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: in
                         f"{corpus_spec or cfg.data.corpus}")
     bcfg = budget_config(cfg, languages, tokens)
     tokenized = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
+    return corpus, tokenized, bcfg, budget_batches(bcfg, tokenized, tok.mask_token_id)
+
+
+def _train_copy(run_dir: Path, parent: Encoder, languages: list[str], tokens: int, work: Path,
+                corpus_spec: str | None, progress: bool, desc: str, replay: list[dict] | None = None):
+    """Train a copy of ``parent`` on ``languages``; returns (result, cfg, validation loss).
+    ``replay``: cluster cards whose batches to replay, interleaved, instead of drawing new ones."""
+    run = RunDir(run_dir)
+    tok = run.tokenizer()
+    corpus, tokenized, bcfg, source = _budget_data(run, languages, tokens, corpus_spec)
+    split = corpus["train"]
+    if replay is not None:
+        source, steps = interleaved([_expert_source(run, card) for card in replay])
+        bcfg = budget_config(run.config(), languages, steps * bcfg.data.batch_size * bcfg.data.seq_len)
     _claim_work(work, parent, bcfg, languages, corpus_spec)
-    result = train(bcfg, tokenized, work, mask_id=tok.mask_token_id, model=parent, progress=progress, desc=desc)
+    result = train(bcfg, tokenized, work, mask_id=tok.mask_token_id, model=parent, progress=progress, desc=desc,
+                   batch_source=source)
     val = validation_loss(result.model, tok, corpus["validation"], bcfg, languages)
     return result, bcfg, val, texts_by_lang(split)
 
@@ -92,6 +138,16 @@ def _claim_work(work: Path, parent: Encoder, bcfg: RunConfig, languages: list[st
               file=sys.stderr)
 
 
+def _expert_source(run: RunDir, card: dict) -> tuple[BatchSource, int]:
+    """The batches a registered cluster expert trained on, rebuilt from its card."""
+    _, _, bcfg, source = _budget_data(run, card["languages"], card["tokens_trained"])
+    recorded = card.get("config") or {}
+    if any(recorded.get(k) not in (None, getattr(bcfg.train, k)) for k in ("steps", "seed", "warmup_steps")):
+        raise XelmError(f"expert {card['name']} was trained under another schedule than this run's config gives "
+                        f"(steps, seed, warmup): its batches cannot be replayed; retrain it or restore the config")
+    return source, bcfg.train.steps
+
+
 def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, registry: str | None = None,
                  progress: bool = True) -> dict:
     """Branch the base and train it on one cluster of ``DIR/clusters.json``; register it."""
@@ -102,6 +158,7 @@ def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, r
         raise XelmError(f"no cluster named {cluster!r} in {run.plan_file} "
                         f"(clusters: {', '.join(plan['clusters'])})")
     reg = run_registry(run, registry)
+    check_experts_match_plan(run, plan, reg.cards())
     name = check_name(cluster)
     if name in reg.names():
         return {**reg.card(name), "skipped": True}
@@ -112,6 +169,7 @@ def train_expert(run_dir: str | Path, cluster: str, tokens: int | None = None, r
     card = {"name": name, "kind": "cluster", "languages": languages, "parent": "base",
             "tokens_trained": result.tokens, "tokens_by_lang": result.tokens_by_lang,
             "train_loss": result.loss, "validation_loss": val, "cluster_method": plan["method"],
+            "plan_fingerprint": plan_fingerprint(plan),
             "typology_centroid": typology_centroid(languages, texts),
             "config": dataclasses.asdict(bcfg.train) | {"languages": languages}}
     card = reg.add(card, result.model)
@@ -123,19 +181,24 @@ def train_all(run_dir: str | Path, tokens: int | None = None, registry: str | No
               progress: bool = True) -> list[dict]:
     """Every cluster of the plan, one after another (each skipped once registered)."""
     check_tokens(tokens, 1)
+    run = RunDir(run_dir)
+    check_experts_match_plan(run, run.plan(), run_registry(run, registry).cards())
     return [train_expert(run_dir, name, tokens, registry, progress) for name in RunDir(run_dir).plan()["clusters"]]
 
 
 def train_baseline(run_dir: str | Path, registry: str | None = None, progress: bool = True) -> dict:
-    """The dense model at equal compute: the base continued on all languages for the sum of
-    the cluster experts' tokens. Saved under ``DIR/baseline`` with its token accounting."""
+    """The dense model at equal compute: the base continued on exactly the batches the cluster
+    experts trained on (their union, interleaved), so every language gets the same tokens on
+    both sides. Saved under ``DIR/baseline`` with its token accounting."""
     run = RunDir(run_dir)
     out = run.baseline_dir
-    if run.has_dense():
-        return {**run.dense_summary(), "skipped": True}
     plan = run.plan()
     reg = run_registry(run, registry)
-    cards = [c for c in reg.cards() if c.get("kind") == "cluster" and c["name"] in plan["clusters"]]
+    check_experts_match_plan(run, plan, reg.cards())
+    cards = [c for c in reg.cards() if c.get("kind") == "cluster"]
+    if run.has_dense():
+        check_dense_matches(run, plan, cards, run.dense_summary())
+        return {**run.dense_summary(), "skipped": True}
     missing = sorted(set(plan["clusters"]) - {c["name"] for c in cards})
     if missing:
         raise XelmError(f"the baseline needs every cluster expert first; missing: {', '.join(missing)} "
@@ -143,11 +206,13 @@ def train_baseline(run_dir: str | Path, registry: str | None = None, progress: b
     tokens = sum(c["tokens_trained"] for c in cards)
     languages = sorted({lang for c in cards for lang in c["languages"]})
     result, bcfg, val, _ = _train_copy(run.root, run.base(), languages, tokens, out, None,
-                                       progress, "dense baseline")
+                                       progress, "dense baseline", replay=cards)
     save_weights(result.model, run.dense_model)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     summary = {"kind": "dense", "languages": languages, "tokens_trained": result.tokens,
+               "tokens_by_lang": result.tokens_by_lang, "batches": "replayed from the cluster experts",
                "expert_tokens": {c["name"]: c["tokens_trained"] for c in cards},
+               "plan_fingerprint": plan_fingerprint(plan), "config": dataclasses.asdict(bcfg.train),
                "train_loss": result.loss, "validation_loss": val}
     write_json(run.dense_summary_file, summary)
     return summary

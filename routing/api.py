@@ -101,6 +101,13 @@ class XELM:
             prior = validation_prior(self.run_dir, self.cards, texts, self.loglik)
         return PosteriorRouter(self.names, self.loglik, prior)
 
+    def use_router(self, name: str, router) -> None:
+        """Route ``name`` (also the scripts fallback, for ``posterior``) with ``router`` from now
+        on: evaluation installs a posterior router that is blind to the tokens being scored."""
+        if name not in ROUTERS:
+            raise XelmError(f"unknown router {name!r}: choose one of {', '.join(ROUTERS)}")
+        self._routers[name] = router
+
     def route(self, texts, router: str | Routing | None = None, top_k: int | None = None,
               lang: str | list[str] | None = None) -> Routing:
         """Weights over the experts per text. Default router: ``language`` when ``lang`` is

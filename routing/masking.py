@@ -71,6 +71,17 @@ def choose_masks(ids: np.ndarray, special_ids: np.ndarray, ratio: float = MASK_R
     return np.sort(rng.choice(candidates, k, replace=False)).astype(np.int32)
 
 
+def mask_sets(ids: np.ndarray, special_ids: np.ndarray, ratio: float = MASK_RATIO, seed: int = 0) -> list[np.ndarray]:
+    """ceil(1 / ratio) disjoint sets of sorted positions that together cover every non-special
+    token once (each about ``ratio`` of them): scoring every token, each with the rest of the
+    text as context, in one pass per set."""
+    n_sets = math.ceil(1 / ratio - 1e-9)
+    candidates = np.flatnonzero(~np.isin(ids, special_ids))
+    rng = np.random.default_rng([seed, zlib.crc32(ids.tobytes())])
+    order = rng.permutation(candidates)
+    return [np.sort(order[j::n_sets]).astype(np.int32) for j in range(n_sets)]
+
+
 def existing_masks(ids: np.ndarray, mask_id: int) -> np.ndarray:
     """Positions of the [MASK] tokens the text already has (fill-mask)."""
     return np.flatnonzero(ids == mask_id).astype(np.int32)

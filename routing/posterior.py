@@ -1,12 +1,13 @@
 """Posterior routing (BTM / X-ELM "bayes"): p(e | x) ∝ p(x | e) p(e).
 
 p(x | e) is expert e's masked-LM likelihood of the text itself: the sum of log-probabilities
-of the true tokens at deterministic masked positions (drawn with another seed than scoring
-uses, so routing and scoring do not mask the same positions). Half the tokens are masked:
-more evidence per pass, and it leans on each expert's knowledge of the language rather than
-on copying from context — on the demo run's test split top-1 routing is right for 87.1% of
-texts at 15% masking, 93.2% at 30%, 94.7% at 50%. The prior is uniform, or the mean
-uniform-prior posterior over validation text (how often each expert is the right one).
+of the true tokens at deterministic masked positions. For routing alone (``xelm route``) half
+the tokens are masked (drawn with another seed than scoring uses): the ratio was chosen on the
+validation split (README, "Which split chose what"). When the routed mixture is *scored*
+(``xelm evaluate``), the router must never read the likelihood of a token it is scored on:
+:func:`held_out_loglik` gives, for each disjoint mask set, the evidence of the other sets only.
+The prior is uniform, or the mean uniform-prior posterior over validation text (how often each
+expert is the right one).
 """
 
 from __future__ import annotations
@@ -54,3 +55,13 @@ def validation_prior(run_dir: str | Path, cards: list[dict], texts: Callable[[],
 
     meta = cached_for(router_dir(run_dir) / "posterior_prior.json", cards, estimate)
     return np.array([meta["prior"][n] for n in names])
+
+
+def held_out_loglik(lp_ExNxK: np.ndarray, w_NxK: np.ndarray, set_K: np.ndarray) -> np.ndarray:
+    """[J, N, E] for each mask set j, each expert's log-likelihood of each text's tokens *outside*
+    set j (``scoring.every_token_table``'s columns): the evidence for routing the tokens of set
+    j, blind to them."""
+    n_sets = int(set_K.max()) + 1 if len(set_K) else 0
+    # Set j's columns are weighted by an exact 0, not subtracted from a total: their values
+    # cannot leak in, not even through rounding.
+    return np.stack([(lp_ExNxK * (w_NxK * (set_K != j))[None]).sum(2).T for j in range(n_sets)])

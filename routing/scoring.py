@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
-from routing.masking import MASK_RATIO, batches, check_texts, choose_masks, encode
+from routing.masking import MASK_RATIO, batches, check_texts, choose_masks, encode, mask_sets
 
 BATCH_TOKENS = 4096  # padded tokens (rows x length) per compiled call
 MAX_LEN = 512
@@ -53,6 +53,21 @@ def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = 
         lp_ExNxK[:, b.rows, :k] = lp_ExBxK[:, :n, :k]
         w_NxK[b.rows, :k] = b.mask_weights[:n, :k]
     return lp_ExNxK, w_NxK
+
+
+def every_token_table(graphdef, states_E, tokenizer, texts: list[str], ratio: float, seed: int = 0,
+                      max_len: int = MAX_LEN, batch_tokens: int = BATCH_TOKENS):
+    """Each expert's log-probability of *every* non-special token of each text, one pass per
+    disjoint mask set (:func:`routing.masking.mask_sets`): ([E, N, K], [N, K] 1 on real tokens,
+    [K] the mask set of each column). Every model given gets the same sets."""
+    seqs = encode(tokenizer, texts, max_len)
+    special = np.array(tokenizer.all_special_ids)
+    sets = [mask_sets(s, special, ratio, seed) for s in seqs]
+    tables = [label_table(graphdef, states_E, seqs, [ms[j] for ms in sets], tokenizer, batch_tokens, max_len)
+              for j in range(len(sets[0]))]
+    set_K = np.concatenate([np.full(t[1].shape[1], j) for j, t in enumerate(tables)])
+    return (np.concatenate([t[0] for t in tables], axis=2), np.concatenate([t[1] for t in tables], axis=1),
+            set_K)
 
 
 def mixture_loss(lp_ExNxK: np.ndarray, w_NxK: np.ndarray, weights_NxE: np.ndarray) -> np.ndarray:

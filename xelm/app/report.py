@@ -41,27 +41,50 @@ def distance_from_cluster(metrics: dict) -> dict[str, float]:
     return out
 
 
+SIGN = "Δ = X-ELM − dense loss (nats; negative: X-ELM better)"
+
+
+def headline_sentence(metrics: dict) -> str:
+    """The one sentence the report leads with: wins and losses that the intervals support, the
+    mean difference with its interval, and whether compute was equal (said here, once)."""
+    s, c = metrics["summary"], metrics["compute"]
+    if not s["languages"]:
+        return "No language has both an expert and test text: nothing to compare."
+    lo, hi = s["mean_delta_ci"]
+    equal = ("at equal compute (every language's training tokens match)" if s["equal_compute"] else
+             f"**NOT at equal compute** ({c['why']}): no equal-compute claim can be made")
+    return (f"X-ELM ({metrics['headline']['ensemble']}) against the dense model {equal}: significantly better on "
+            f"{s['significant_wins']} and significantly worse on {s['significant_losses']} of {s['languages']} "
+            f"languages (95% paired bootstrap); better point estimate on {s['improved_fraction']:.1%}; mean Δ "
+            f"{s['mean_delta_loss']:+.3f} nats [{lo:+.3f}, {hi:+.3f}] (negative: X-ELM better).")
+
+
 def plot_losses(metrics: dict, path: Path) -> Path:
     """Left: X-ELM against dense per language (below the diagonal: X-ELM better). Right: the
-    per-language difference, sorted."""
+    per-language difference with its 95% interval, sorted."""
     head = metrics["headline"]["ensemble"]
-    rows = [(r["dense"], r[head]) for r in metrics["languages"].values()
-            if r.get("dense") is not None and r.get(head) is not None and r.get("cluster")]
-    dense, xelm = np.array(rows).T if rows else (np.zeros(0), np.zeros(0))
+    rows = [(r["dense"], r[head], r["delta"], *r["delta_ci"]) for r in metrics["languages"].values()
+            if r.get("delta") is not None and r.get("cluster")]
+    dense, xelm, delta, lo, hi = np.array(rows).T if rows else (np.zeros(0),) * 5
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax.scatter(dense, xelm, s=6, alpha=0.6)
     if len(rows):
-        lo, hi = min(dense.min(), xelm.min()), max(dense.max(), xelm.max())
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        a, b = min(dense.min(), xelm.min()), max(dense.max(), xelm.max())
+        ax.plot([a, b], [a, b], color="grey", lw=0.8)
     ax.set_xlabel("dense model (equal compute)")
     ax.set_ylabel(f"X-ELM ({head})")
     ax.set_title("Test loss per language (below the line: X-ELM better)")
-    delta = np.sort(xelm - dense)
-    bx.bar(np.arange(len(delta)), delta, width=1.0, color=np.where(delta < 0, "C2", "C3"))
-    bx.axhline(0, color="grey", lw=0.8)
-    bx.set_xlabel(f"languages, sorted ({(delta < 0).mean():.0%} below zero)" if len(delta) else "languages")
-    bx.set_ylabel("X-ELM − dense loss (nats)")
-    bx.set_title("Per-language difference")
+    order = np.argsort(delta)
+    x = np.arange(len(delta))
+    sig = np.where(hi[order] < 0, "C2", np.where(lo[order] > 0, "C3", "grey"))
+    bx.vlines(x, lo[order], hi[order], colors=sig, lw=1.0, alpha=0.6)
+    bx.scatter(x, delta[order], s=6, c=sig)
+    bx.axhline(0, color="black", lw=0.8)
+    s = metrics["summary"]
+    bx.set_xlabel(f"languages, sorted by Δ (green: interval below 0, {s['significant_wins']}; "
+                  f"red: above 0, {s['significant_losses']})" if len(delta) else "languages")
+    bx.set_ylabel(SIGN)
+    bx.set_title("Per-language difference, 95% paired bootstrap interval")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -75,7 +98,7 @@ def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path
         r = metrics["languages"][lang]
         if r.get("dense") is not None and r.get(head) is not None:
             xs.append(d)
-            ys.append(r["dense"] - r[head])
+            ys.append(r[head] - r["dense"])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(xs, ys, s=8, alpha=0.6)
     ax.axhline(0, color="grey", lw=0.8)
@@ -85,7 +108,7 @@ def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path
         ax.plot(grid, slope * grid + icept, color="C1", label=f"slope {slope:.2f}")
         ax.legend()
     ax.set_xlabel("typological distance from the rest of its cluster")
-    ax.set_ylabel("dense − X-ELM loss (positive: X-ELM better)")
+    ax.set_ylabel(SIGN)
     ax.set_title("Improvement against typological distance")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -141,39 +164,44 @@ def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
 def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
     """What the numbers say, and where they point when the experts lose: routing, the budget per
     language, typological fit, base quality. Every sentence is computed, none is canned."""
-    s, head, c = metrics["summary"], metrics["headline"]["ensemble"], metrics["compute"]
+    s, head = metrics["summary"], metrics["headline"]["ensemble"]
     langs, means = metrics["languages"], s["mean_loss"]
     out = []
-    frac, delta = s["improved_fraction"], s["mean_delta_loss"]
-    if frac is not None:
-        verdict = "beat" if frac > 0.5 and delta < 0 else "do **not** beat"
-        out.append(f"Experts {verdict} the dense model at equal compute here: better on {frac:.1%} of "
-                   f"{s['languages']} languages, mean Δ {delta:+.3f} nats.")
+    if s["languages"]:
+        lo, hi = s["mean_delta_ci"]
+        verdict = ("X-ELM is better on average" if hi < 0 else "X-ELM is worse on average" if lo > 0 else
+                   "the mean difference is not distinguishable from zero")
+        out.append(f"{verdict} (mean Δ {s['mean_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}]); per language, "
+                   f"{s['significant_wins']} significant wins and {s['significant_losses']} significant losses of "
+                   f"{s['languages']}, the rest within noise ({s['scored_tokens_median']:,.0f} scored test tokens "
+                   "in the median language).")
+        soft = s.get("soft_mixture")
+        if soft and soft["languages"]:
+            lo, hi = soft["mean_delta_ci"]
+            out.append(f"Soft mixture (c-BTM, every expert weighted by TF-IDF, T = 0.1; fixed in advance): mean Δ "
+                       f"{soft['mean_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}], {soft['significant_wins']} "
+                       f"significant wins, {soft['significant_losses']} significant losses.")
     if means.get("own_expert") is not None and means.get(head) is not None:
         gap = means[head] - means["own_expert"]
         out.append(f"Routing: {head} is {abs(gap):.3f} nats {'worse' if gap > 0 else 'better'} than always using "
                    f"each language's own expert (an oracle router); "
                    + ("routing is not what holds X-ELM back." if gap < 0.02 else "better routing would help."))
-    if c.get("dense_languages"):
-        per_dense = c["dense_tokens"] / c["dense_languages"]
-        sizes = {k: v["languages"] for k, v in s["by_cluster"].items()}
-        per_expert = [c["expert_tokens"][k] / n for k, n in sizes.items() if k in c["expert_tokens"] and n]
-        if per_expert:
-            out.append(f"Budget: each expert saw {min(per_expert):,.0f}–{max(per_expert):,.0f} tokens per language, "
-                       f"the dense model {per_dense:,.0f}: the same data per language, so a difference comes "
-                       "from the languages no longer sharing one model's capacity.")
-    worst = min(s["by_cluster"].items(), key=lambda kv: kv[1]["improved_fraction"], default=None)
+    if s["equal_compute"]:
+        out.append("Budget: the dense model replayed the experts' batches, so every language got exactly the "
+                   "same training tokens on both sides; a difference comes from the languages no longer sharing "
+                   "one model's capacity, not from how much of each language either side saw.")
+    worst = min(s["by_cluster"].items(), key=lambda kv: kv[1]["improved_fraction"] or 0, default=None)
     if worst:
         out.append(f"Weakest cluster: {worst[0]} (X-ELM better on {worst[1]['improved_fraction']:.0%} of its "
                    f"{worst[1]['languages']} languages, mean Δ {_fmt(worst[1]['mean_delta_loss'])}).")
-    pairs = [(d, langs[lang]["dense"] - langs[lang][head]) for lang, d in distance.items()
+    pairs = [(d, langs[lang][head] - langs[lang]["dense"]) for lang, d in distance.items()
              if langs[lang].get("dense") is not None and langs[lang].get(head) is not None]
     if len(pairs) > 2:
         r = float(np.corrcoef(np.array(pairs).T)[0, 1])
         out.append(f"Typological fit: correlation between a language's distance from the rest of its cluster and "
-                   f"X-ELM's gain is r = {r:+.2f} "
+                   f"Δ is r = {r:+.2f} "
                    + ("(languages far from their cluster gain less: more or tighter clusters would help them)."
-                      if r < -0.1 else "(no strong link: the clusters' typological spread is not the limit)."))
+                      if r > 0.1 else "(no strong link: the clusters' typological spread is not the limit)."))
     base = means.get("base")
     if base is not None:
         out.append(f"Base quality: the base's mean test loss is {base:.2f} nats (perplexity {np.exp(base):,.0f}); "
@@ -207,26 +235,34 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
              "confusion": plot_confusion(metrics["routing"]["tfidf"], out / "routing_confusion.png")}
     if "dense" in metrics["transfer"]:
         plots["transfer"] = plot_transfer_by_family(metrics["transfer"], out / "transfer_by_family.png")
-    c = metrics["compute"]
+    c, cov = metrics["compute"], metrics["coverage"]
+
+    def group_rows(groups: dict) -> list[str]:
+        return ["| group | languages | significant wins | significant losses | Δ < 0 | mean Δ [95%] |",
+                "|---|---|---|---|---|---|",
+                *[f"| {k} | {v['languages']} | {v['significant_wins']} | {v['significant_losses']} | "
+                  f"{_fmt(v['improved_fraction'], True)} | {_fmt(v['mean_delta_loss'])} "
+                  f"[{_fmt(v['mean_delta_ci'][0])}, {_fmt(v['mean_delta_ci'][1])}] |"
+                  for k, v in groups.items() if v["languages"]]]
+
     lines = [
         "# X-ELM report", "",
-        f"Held-out masked-LM loss on the test split (UDHR articles 28–30), {s['languages']} languages, "
-        f"same masks for every model. Headline ensemble: **{head}** ({metrics['headline']['why']}).", "",
+        f"Held-out masked-LM loss on the test split (UDHR articles 28–30), {s['languages']} languages; "
+        f"{metrics['headline']['scoring']}. Headline ensemble: **{head}** ({metrics['headline']['why']}). "
+        f"Sign everywhere: {SIGN}.", "",
         "## Headline", "",
-        f"- X-ELM beats the dense model on **{_fmt(s['improved_fraction'], True)}** of languages; "
-        f"mean loss difference (X-ELM − dense) **{_fmt(s['mean_delta_loss'])}**.",
-        f"- Compute: dense {c['dense_tokens']:,} tokens vs experts {c['experts_total']:,} in total "
-        f"({'equal' if c['equal'] else 'NOT equal'}), both on top of the base's {c['base_tokens']:,}.", "",
+        f"- {headline_sentence(metrics)}",
+        f"- Compute: dense {c['dense_tokens']:,} tokens vs experts {c['experts_total']:,} in total, both on top "
+        f"of the base's {c['base_tokens']:,}; {c['why']}.",
+        f"- Second fixed line, c-BTM soft mixture ({metrics['headline']['soft_mixture']}): mean Δ "
+        f"{_fmt(s['soft_mixture']['mean_delta_loss'])}, {s['soft_mixture']['significant_wins']} significant wins, "
+        f"{s['soft_mixture']['significant_losses']} significant losses.", "",
         "## What the numbers say", "", *[f"- {line}" for line in findings(metrics, distance)], "",
         "## Mean loss by model", "", "| model | mean loss |", "|---|---|",
         *[f"| {name} | {_fmt(v)} |" for name, v in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9)],
         "", "## By resource level (the curriculum stage a language joined)", "",
-        "| level | languages | improved | mean Δ |", "|---|---|---|---|",
-        *[f"| {k} | {v['languages']} | {_fmt(v['improved_fraction'], True)} | {_fmt(v['mean_delta_loss'])} |"
-          for k, v in s["by_resource_level"].items()],
-        "", "## By cluster", "", "| cluster | languages | improved | mean Δ |", "|---|---|---|---|",
-        *[f"| {k} | {v['languages']} | {_fmt(v['improved_fraction'], True)} | {_fmt(v['mean_delta_loss'])} |"
-          for k, v in s["by_cluster"].items()],
+        *group_rows(s["by_resource_level"]),
+        "", "## By cluster", "", *group_rows(s["by_cluster"]),
         "", f"![per-language loss]({plots['losses'].name})", "",
         f"![improvement vs distance]({plots['distance'].name})", "",
         "## New languages (HMR) at equal tokens", "",
@@ -238,6 +274,10 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         "", "## Routing", "", "| router | top-1 on the text's own expert |", "|---|---|",
         *[f"| {k} | {_fmt(v['top1_accuracy'], True)} |" for k, v in metrics["routing"].items()],
         "", f"![routing confusion]({plots['confusion'].name})", "",
+        "## Coverage", "",
+        f"{cov['planned']} languages in the plan, {cov['scored']} of them scored.",
+        *([f"- no test text: {', '.join(cov['no_test_text'])}"] if cov["no_test_text"] else []),
+        *[f"- {lang}: {reason}" for lang, reason in cov["not_in_plan"].items()], "",
     ]
     t = metrics["transfer"]
     if "dense" in t:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experts.training import registry_of
+from experts.registry import run_registry
 from routing import XELM, Routing
 from routing.api import mask_context
 from routing.runfiles import fingerprint
@@ -84,7 +84,7 @@ class Engine:
         self.max_batch_tokens, self.max_queue, self.max_wait_s = max_batch_tokens, max_queue, max_wait_s
         self.watch_interval_s, self.temperature, self.prior = watch_interval_s, temperature, prior
         self.metrics = metrics or Metrics()
-        self.index_path = registry_of(self.run_dir, registry).index_path
+        self.index_path = run_registry(self.run_dir, registry).index_path
         self.served = self._build()  # here, not later: a bad run or an empty registry fails before listening
         self.tokenizer = RunDir(self.run_dir).tokenizer()  # the event loop's own, for counting tokens
         self.ready, self.ready_error, self.closing = False, None, False

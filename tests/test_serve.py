@@ -1,0 +1,342 @@
+"""``xelm serve`` over real HTTP on a free loopback port: every endpoint answers what
+``routing.XELM`` answers, concurrent requests are batched without changing answers, an
+expert added while requests flow is picked up without a failed request, mistakes are
+one-line 4xx, a full queue is 503 with Retry-After, and SIGTERM drains (a real subprocess).
+
+One in-process server (a uvicorn thread) is shared by the module; tests that change the
+registry run last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from experts.registry import Registry
+from experts.training import add_language
+from routing import XELM
+from xelm.app.serve import create_app, listen
+from xelm.app.serve_engine import Engine
+
+TEXTS = ["Alle Menschen sind frei und gleich an Würde und Rechten geboren.",
+         "Tous les êtres humains naissent libres et égaux en dignité et en droits.",
+         "Todos los seres humanos nacen libres e iguales en dignidad y derechos.",
+         "All human beings are born free and equal in dignity and rights.",
+         "Alle mensen worden vrij en gelijk in waardigheid en rechten geboren.",
+         "Tutti gli esseri umani nascono liberi ed eguali in dignità e diritti."]
+PORTUGUESE = "Todos os seres humanos nascem livres e iguais em dignidade e em direitos."
+MAX_QUEUE, MAX_TEXTS, MAX_BATCH_TOKENS = 12, 32, 1024
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_expert_run, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("serve") / "run"
+    shutil.copytree(tiny_expert_run, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(run) -> XELM:
+    return XELM.from_run(run)
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    engine = Engine(run, max_batch_tokens=MAX_BATCH_TOKENS, max_queue=MAX_QUEUE, max_wait_s=0.005,
+                    watch_interval_s=0.2)
+    sock = listen("127.0.0.1", 0)
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, MAX_TEXTS), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = httpx.Client(base_url=url, timeout=120)
+    _wait_ready(client)
+    yield SimpleNamespace(url=url, engine=engine, client=client)
+    client.close()
+    srv.should_exit = True
+    thread.join(60)
+
+
+def _wait_ready(client: httpx.Client, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the server did not get ready")
+
+
+def _metrics(client: httpx.Client) -> dict[str, float]:
+    """Every sample of /metrics, keyed 'name{label=value,...}'."""
+    out = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def _post_many(url: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+    """All bodies at once, one client thread each (released together)."""
+    out: list = [None] * len(bodies)
+    gate = threading.Barrier(len(bodies))
+
+    def send(i):
+        with httpx.Client(base_url=url, timeout=120) as c:
+            gate.wait()
+            out[i] = c.post(path, json=bodies[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+# --------------------------------------------------------------------------- endpoints
+def test_health_ready_docs_and_experts(server, reference):
+    c = server.client
+    assert c.get("/health").json() == {"status": "ok"}
+    ready = c.get("/ready").json()
+    assert ready["ready"] is True and ready["experts"] == len(reference.names)
+    assert "swagger" in c.get("/docs").text.lower()
+    paths = c.get("/openapi.json").json()["paths"]
+    assert {"/route", "/score", "/fill-mask", "/embed", "/experts", "/health", "/ready", "/metrics"} <= set(paths)
+    experts = c.get("/experts").json()
+    assert [e["name"] for e in experts["experts"]] == reference.names
+    assert [e["languages"] for e in experts["experts"]] == [card["languages"] for card in reference.cards]
+    assert experts["fingerprint"] == ready["fingerprint"]
+
+
+def _same_routing(got: dict, want: dict) -> None:
+    assert [e["name"] for e in got["experts"]] == [e["name"] for e in want["experts"]]
+    assert np.allclose([e["weight"] for e in got["experts"]], [e["weight"] for e in want["experts"]], atol=1e-6)
+    assert {k: v for k, v in got.items() if k != "experts"} == {k: v for k, v in want.items() if k != "experts"}
+
+
+@pytest.mark.parametrize("body", [{"router": "tfidf"}, {"router": "tfidf", "top_k": 1}, {"lang": "deu"},
+                                  {"router": "posterior", "top_k": 1}, {"router": "tfidf", "temperature": 2.0}])
+def test_route_equals_xelm(server, run, reference, body):
+    got = server.client.post("/route", json={"text": TEXTS, **body})
+    assert got.status_code == 200, got.text
+    model = XELM.from_run(run, temperature=body["temperature"]) if "temperature" in body else reference
+    want = model.route(TEXTS, body.get("router"), body.get("top_k"), body.get("lang"))
+    assert len(got.json()["results"]) == len(TEXTS)
+    for i, r in enumerate(got.json()["results"]):
+        _same_routing(r, want.to_json(i))
+
+
+def test_score_embed_and_fill_mask_equal_xelm(server, reference):
+    c = server.client
+    score = c.post("/score", json={"text": TEXTS, "top_k": 1}).json()["results"]
+    assert np.allclose([r["loss"] for r in score], reference.score(TEXTS, top_k=1), atol=1e-5)
+    assert all(r["masked_tokens"] > 0 and r["experts"] for r in score)
+
+    single = c.post("/embed", json={"text": TEXTS[0], "lang": "deu"}).json()
+    assert single["dim"] == len(single["results"][0]["embedding"]) and len(single["results"]) == 1
+    embed = c.post("/embed", json={"text": TEXTS}).json()["results"]
+    assert np.allclose([r["embedding"] for r in embed], reference.embed(TEXTS), atol=1e-5)
+
+    text = "All human beings are born <mask> and equal in dignity."
+    one = c.post("/fill-mask", json={"text": text, "top_k": 3}).json()
+    want = reference.fill_mask(text, top_k=3)
+    assert [x["token"] for x in one] == [x["token"] for x in want]
+    assert np.allclose([x["score"] for x in one], [x["score"] for x in want], atol=1e-6)
+    assert one[0]["sequence"] == want[0]["sequence"] and one[0]["token_str"] == want[0]["token_str"]
+    two = c.post("/fill-mask", json={"text": [text, "Tous les <mask> naissent <mask>."], "experts": 1}).json()
+    want_two = reference.fill_mask("Tous les <mask> naissent <mask>.", experts_top_k=1)
+    assert len(two) == 2 and len(two[0]) == 5 and len(two[1]) == 2
+    assert [[x["token"] for x in m] for m in two[1]] == [[x["token"] for x in m] for m in want_two]
+
+
+def test_concurrent_requests_are_batched_with_the_answers_they_get_alone(server):
+    texts = (TEXTS * 2)[:8]
+    alone = [server.client.post("/score", json={"text": t}).json()["results"][0] for t in texts]
+    before = _metrics(server.client)
+    answers = _post_many(server.url, "/score", [{"text": t} for t in texts])
+    after = _metrics(server.client)
+    assert [r.status_code for r in answers] == [200] * len(texts)
+    for a, b in zip(answers, alone):
+        got = a.json()["results"][0]
+        routing = ("experts", "router")  # equal to float rounding: a batch's products round in their own order
+        _same_routing({k: got[k] for k in routing}, {k: b[k] for k in routing})
+        assert got["masked_tokens"] == b["masked_tokens"] and abs(got["loss"] - b["loss"]) < 1e-5
+    batches = after["xelm_batch_requests_count{}"] - before["xelm_batch_requests_count{}"]
+    requests = after["xelm_batch_requests_sum{}"] - before["xelm_batch_requests_sum{}"]
+    assert requests == len(texts) and batches < len(texts)  # some batch held several requests
+    served = after['xelm_requests_total{endpoint=/score,status=200}'] - before['xelm_requests_total{endpoint=/score,status=200}']
+    assert served == len(texts)
+    traffic = sum(v for k, v in after.items() if k.startswith("xelm_expert_texts_total"))
+    assert traffic >= len(texts)
+    assert after["xelm_request_latency_seconds_count{endpoint=/score}"] >= len(texts)
+
+
+# ----------------------------------------------------------------------- bad requests
+@pytest.mark.parametrize("path,body,status,match", [
+    ("/route", b'{"text": "unclosed', 400, "malformed JSON"),
+    ("/route", {"text": ""}, 422, "empty"),
+    ("/route", {"text": []}, 422, "no text"),
+    ("/route", {}, 422, "text is required"),
+    ("/route", {"text": "hi", "router": "magic"}, 422, "unknown router 'magic'"),
+    ("/route", {"text": "hi", "top_k": 9}, 422, "out of range"),
+    ("/route", {"text": "hi", "top_k": "2"}, 422, "top_k"),
+    ("/route", {"text": "hi", "colour": 1}, 422, "unknown field 'colour'"),
+    ("/route", {"text": "hi", "lang": "xx"}, 422, "language code"),
+    ("/route", {"text": "hi", "router": "posterior", "lang": "deu"}, 422, "use router language"),
+    ("/route", {"text": ["a", "b"], "lang": ["deu"]}, 422, "1 languages given for 2 texts"),
+    ("/score", {"text": "hi", "temperature": 0}, 422, "temperature"),
+    ("/fill-mask", {"text": "no mask here"}, 422, "<mask>"),
+    ("/embed", {"text": ["x"] * (MAX_TEXTS + 1)}, 413, f"more than {MAX_TEXTS}"),
+    ("/embed", {"text": [TEXTS[1] * 4] * MAX_TEXTS}, 413, "batch budget"),
+    ("/nowhere", {"text": "hi"}, 404, "Not Found"),
+])
+def test_bad_requests_are_one_line_4xx(server, path, body, status, match):
+    r = (server.client.post(path, content=body, headers={"content-type": "application/json"})
+         if isinstance(body, bytes) else server.client.post(path, json=body))
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert match in error and "\n" not in error
+
+
+def test_a_full_queue_is_503_with_retry_after_and_the_rest_are_answered(server):
+    gate = threading.Event()
+    server.engine.executor.submit(gate.wait, 60)  # the engine is busy: requests queue up behind it
+    busy_key = "xelm_requests_total{endpoint=/route,status=503}"
+    rejected_before = _metrics(server.client).get(busy_key, 0)
+    first: list = []
+    head = threading.Thread(target=lambda: first.append(httpx.post(f"{server.url}/route", json={"text": TEXTS[0]},
+                                                                   timeout=120)))
+    head.start()  # the batcher takes it, then waits for the engine: nothing more leaves the queue
+    deadline = time.monotonic() + 30
+    while _metrics(server.client)["xelm_requests_in_flight{}"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def release_once_one_is_rejected():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _metrics(server.client).get(busy_key, 0) == rejected_before:
+            time.sleep(0.05)
+        gate.set()
+
+    threading.Thread(target=release_once_one_is_rejected, daemon=True).start()
+    out = _post_many(server.url, "/route", [{"text": TEXTS[i % len(TEXTS)]} for i in range(MAX_QUEUE + 4)])
+    gate.set()
+    head.join(60)
+    codes = [r.status_code for r in out]
+    assert first[0].status_code == 200 and set(codes) == {200, 503} and codes.count(200) >= MAX_QUEUE, codes
+    busy = next(r for r in out if r.status_code == 503)
+    assert busy.headers["Retry-After"] == "1" and "queue is full" in busy.json()["error"]
+    assert server.client.get("/health").status_code == 200
+    assert server.client.post("/route", json={"text": TEXTS[0]}).status_code == 200
+
+
+# ---------------------------------------------------------------- SIGTERM (subprocess)
+def test_sigterm_drains_in_flight_requests_then_exits(tiny_expert_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_expert_run, run)
+    proc = subprocess.Popen([sys.executable, "-m", "xelm", "serve", "--run-dir", str(run), "--port", "0",
+                             "--max-wait-ms", "3000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line + proc.stdout.read()
+        url = line.split("listening on ")[1].split()[0]
+        client = httpx.Client(base_url=url, timeout=120)
+        _wait_ready(client)
+        done: list[tuple[int, float]] = []
+        body = {"text": TEXTS}  # cheap; in flight for 3 s because an idle engine waits that long for company
+
+        def send():
+            with httpx.Client(base_url=url, timeout=120) as c:
+                r = c.post("/route", json=body)
+                done.append((r.status_code, time.monotonic()))
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while _metrics(client)["xelm_requests_in_flight{}"] < 1 + len(threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        for t in threads:
+            t.join(120)
+        assert proc.wait(120) == 0
+        rest = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [code for code, _ in done] == [200] * len(threads)
+    assert any(when > signalled for _, when in done), "every request had finished before SIGTERM"
+    assert "stopped after draining" in rest
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)
+
+
+# ------------------------------------------------------ registry changes (run last)
+def test_an_expert_added_and_removed_while_serving_without_a_failed_request(server, run):
+    c = server.client
+    before = c.get("/experts").json()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic():
+        with httpx.Client(base_url=server.url, timeout=120) as tc:
+            for i in range(2000):
+                if stop.is_set():
+                    break
+                body = {"text": [TEXTS[i % len(TEXTS)], PORTUGUESE]}
+                statuses.append(tc.post("/route" if i % 2 else "/score", json=body).status_code)
+
+    flow = threading.Thread(target=traffic)
+    flow.start()
+    try:
+        card = add_language(run, ["por"], tokens=512, progress=False)
+        name = card["name"]
+        now = _poll_experts(c, lambda names: name in names)
+        assert now["fingerprint"] != before["fingerprint"]
+        r = c.post("/route", json={"text": PORTUGUESE, "lang": "por"})
+        assert r.json()["results"][0]["experts"] == [{"name": name, "weight": 1.0}]
+        assert r.headers["X-Xelm-Registry"] == now["fingerprint"]
+        tfidf = c.post("/route", json={"text": PORTUGUESE, "router": "tfidf"}).json()["results"][0]
+        _same_routing(tfidf, XELM.from_run(run).route(PORTUGUESE, "tfidf").to_json(0))
+        assert name in [e["name"] for e in tfidf["experts"]]
+        assert c.post("/score", json={"text": PORTUGUESE, "lang": "por"}).status_code == 200
+
+        Registry(run / "registry").remove(name)
+        _poll_experts(c, lambda names: name not in names)
+        gone = c.post("/route", json={"text": PORTUGUESE, "lang": "por"}).json()["results"][0]
+        assert name not in [e["name"] for e in gone["experts"]] and "fallback" in gone
+    finally:
+        stop.set()
+        flow.join(120)
+    assert statuses and set(statuses) == {200}, statuses
+    assert _metrics(c)["xelm_registry_reloads_total{}"] >= 2
+
+
+def _poll_experts(client: httpx.Client, ok, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experts = client.get("/experts").json()
+        if ok([e["name"] for e in experts["experts"]]):
+            return experts
+        time.sleep(0.1)
+    raise AssertionError(f"the registry change did not show in /experts: {experts}")

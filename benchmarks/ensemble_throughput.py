@@ -48,9 +48,9 @@ def main() -> None:
 
     from routing import XELM
     from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
-    from routing.masking import batches
     from routing.runfiles import corpus_split
     from routing.scoring import mixture_nll, prepare, score_model
+    from xelm.batches import length_bucketed
     from xelm.rundir import RunDir
 
     xelm = XELM.from_run(args.run_dir, batch_tokens=args.batch_tokens)
@@ -79,17 +79,17 @@ def main() -> None:
         graphdef, stacked = xelm.pool.stacked(tuple(xelm.names))
         singles = [stack_states([nnx.split(xelm.pool.get(n))[1]]) for n in xelm.names]
         uniform = np.full((len(texts), e), 1.0 / e)
-        all_batches = list(batches(seqs, masks, tok.mask_token_id, tok.pad_token_id, args.batch_tokens,
-                                   xelm.max_len))
+        all_batches = list(length_bucketed(seqs, masks, mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                                           batch_tokens=args.batch_tokens, max_len=xelm.max_len))
 
         def run(states_list, one_by_one):
             total = np.zeros(len(texts))
-            for b in all_batches:
-                how = sequential(b.ids) if one_by_one is None else one_by_one
-                lp_ExBxK = np.concatenate([np.asarray(label_logprobs(graphdef, how, s, *b.arrays()[:5]))
+            for rows, b in all_batches:
+                how = sequential(b) if one_by_one is None else one_by_one
+                lp_ExBxK = np.concatenate([np.asarray(label_logprobs(graphdef, how, s, b))
                                            for s in states_list])
-                mix_BxK = np.asarray(mixture_logprobs(lp_ExBxK, np.log(uniform[:len(b.ids)])))
-                total[b.rows] = -(mix_BxK * b.mask_weights).sum(1)[:len(b.rows)]
+                mix_BxK = np.asarray(mixture_logprobs(lp_ExBxK, np.log(uniform[:len(b.input_ids_BxS)])))
+                total[rows] = -(mix_BxK * b.mask_weights_BxK).sum(1)[:len(rows)]
             return total
 
         reference = mixture_nll(graphdef, stacked, uniform, seqs, masks, tok, args.batch_tokens, xelm.max_len)[0]
@@ -97,8 +97,9 @@ def main() -> None:
 
         def one_text_each(states_list):
             for s, m in zip(seqs[:16], masks[:16]):
-                b = next(batches([s], [m], tok.mask_token_id, tok.pad_token_id, 1, xelm.max_len))
-                [np.asarray(label_logprobs(graphdef, False, st, *b.arrays()[:5])) for st in states_list]
+                _, b = next(length_bucketed([s], [m], mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                                            batch_tokens=1, max_len=xelm.max_len))
+                [np.asarray(label_logprobs(graphdef, False, st, b)) for st in states_list]
 
         loop, loop1 = f"all {e} experts: Python loop over experts", "one text per call (16): loop over experts"
         stacked_cases = {f"all {e} experts: stacked, vmap": lambda: run([stacked], False),

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xelm.batches import mask_rows
+from xelm.batches import MLMBatch, mask_rows
 from xelm.config import ModelConfig, Stage, TrainConfig
+from xelm.curriculum import wsd_schedule
 from xelm.model import Encoder, compute_dtype
 from xelm.train import Trainer, data_mesh, make_optimizer
 
@@ -47,21 +48,20 @@ def matmul_peak(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def random_batch(rng, cfg: ModelConfig, batch: int, seq: int, mask_ratio: float) -> dict:
+def random_batch(rng, cfg: ModelConfig, batch: int, seq: int, mask_ratio: float) -> MLMBatch:
     ids = rng.integers(5, cfg.vocab_size, (batch, seq)).astype(np.int32)
     doc_len = 64  # packed documents of 64 tokens: several segments per row
     pos = np.broadcast_to(np.arange(seq) % doc_len, (batch, seq)).astype(np.int32)
     seg = np.broadcast_to(np.arange(seq) // doc_len + 1, (batch, seq)).astype(np.int32)
     inputs, mpos, labels, weights = mask_rows(ids, mask_ratio, rng, 4, cfg.vocab_size, np.arange(5))
-    return {"input_ids": inputs, "segment_ids": seg, "positions": pos, "mask_positions": mpos,
-            "mask_labels": labels, "mask_weights": weights}
+    return MLMBatch(inputs, seg, pos, mpos, labels, weights)
 
 
 def bench_xelm(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, steps: int) -> float:
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     tc = TrainConfig(steps=10_000, warmup_steps=10)
     stages = (Stage("all", 1.0, "all", mask_ratio, 0.5),)
-    trainer = Trainer(model, make_optimizer(model, tc, stages), data_mesh())
+    trainer = Trainer.create(model, make_optimizer(model, tc, wsd_schedule(tc, stages)), data_mesh())
     rng = np.random.default_rng(0)
     batches = [random_batch(rng, cfg, batch, seq, mask_ratio) for _ in range(4)]
     for b in batches[:2]:

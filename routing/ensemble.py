@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xelm.batches import MLMBatch
+
 
 def stack_states(states: list) -> nnx.State:
     """The experts' states (from ``nnx.split``) stacked: [E, ...] on every leaf."""
@@ -30,9 +32,9 @@ def stack_states(states: list) -> nnx.State:
 SEQUENTIAL_TOKENS = 2048  # on CPU, batches of more tokens (B x S) map over experts sequentially
 
 
-def sequential(ids_BxS) -> bool:
+def sequential(batch: MLMBatch) -> bool:
     """Whether the compiled call should run the experts one by one (static, per batch shape)."""
-    return jax.default_backend() == "cpu" and ids_BxS.size > SEQUENTIAL_TOKENS
+    return jax.default_backend() == "cpu" and batch.input_ids_BxS.size > SEQUENTIAL_TOKENS
 
 
 def over_experts(fn, states_E, one_by_one: bool):
@@ -47,36 +49,26 @@ def mixture_logprobs(logp_ExBx_, logw_BxE):
     return jax.nn.logsumexp(logw_ExBx_ + logp_ExBx_, axis=0)
 
 
-def _masked_logprobs(graphdef, state, ids_BxS, seg_BxS, pos_BxS, mpos_BxK):
-    """One expert's log p(. | text) over the vocabulary at the masked positions: [B, K, V]."""
-    model = nnx.merge(graphdef, state)
-    h_BxSxD = model(ids_BxS, seg_BxS, pos_BxS)
-    picked_BxKxD = jnp.take_along_axis(h_BxSxD, mpos_BxK[..., None], axis=1)
-    return jax.nn.log_softmax(model.mlm_logits(picked_BxKxD), axis=-1)
-
-
 @partial(jax.jit, static_argnums=(0, 1))
-def label_logprobs(graphdef, one_by_one: bool, states_E, ids_BxS, seg_BxS, pos_BxS, mpos_BxK, labels_BxK):
+def label_logprobs(graphdef, one_by_one: bool, states_E, batch: MLMBatch):
     """[E, B, K] each expert's log-probability of the true token at each masked position."""
     def one(state):
-        logp_BxKxV = _masked_logprobs(graphdef, state, ids_BxS, seg_BxS, pos_BxS, mpos_BxK)
-        return jnp.take_along_axis(logp_BxKxV, labels_BxK[..., None], axis=-1)[..., 0]
+        logp_BxKxV = jax.nn.log_softmax(nnx.merge(graphdef, state).masked_logits(batch), axis=-1)
+        return jnp.take_along_axis(logp_BxKxV, batch.mask_labels_BxK[..., None], axis=-1)[..., 0]
     return over_experts(one, states_E, one_by_one)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def mixture_vocab_logprobs(graphdef, one_by_one: bool, states_E, logw_BxE, ids_BxS, seg_BxS, pos_BxS, mpos_BxK):
+def mixture_vocab_logprobs(graphdef, one_by_one: bool, states_E, logw_BxE, batch: MLMBatch):
     """[B, K, V] the mixture's log p(. | text) at the masked positions (fill-mask)."""
     def one(state):
-        return _masked_logprobs(graphdef, state, ids_BxS, seg_BxS, pos_BxS, mpos_BxK)
+        return jax.nn.log_softmax(nnx.merge(graphdef, state).masked_logits(batch), axis=-1)
     return mixture_logprobs(over_experts(one, states_E, one_by_one), logw_BxE)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def mixture_embeddings(graphdef, one_by_one: bool, states_E, w_BxE, ids_BxS, seg_BxS, pos_BxS):
+def mixture_embeddings(graphdef, one_by_one: bool, states_E, w_BxE, batch: MLMBatch):
     """[B, D] Σ_e w_be (mean of expert e's final hidden states over the text's tokens)."""
     def one(state):
-        h_BxSxD = nnx.merge(graphdef, state)(ids_BxS, seg_BxS, pos_BxS).astype(jnp.float32)
-        m_BxS = (seg_BxS > 0).astype(jnp.float32)
-        return (h_BxSxD * m_BxS[..., None]).sum(1) / jnp.maximum(m_BxS.sum(1, keepdims=True), 1.0)
+        return nnx.merge(graphdef, state).mean_pool(batch)
     return jnp.einsum("ebd,be->bd", over_experts(one, states_E, one_by_one), w_BxE)

@@ -1,42 +1,24 @@
-"""Texts -> fixed-shape masked batches for scoring, routing and embedding.
+"""Texts -> token ids and the positions to mask, for scoring and routing.
 
 Masking is deterministic per text: the positions come from a generator seeded with (seed,
 crc32 of the text's token ids), so a text gets the same masks whatever batch it lands in, and
 every expert (and the dense model) is scored on the same positions. Every chosen position
 becomes [MASK] (no 80/10/10 corruption): scoring wants p(token | the rest of the text).
 
-Rows are sorted by length and padded to power-of-two buckets (rows, length, masks), so a
-few compilations serve any mix of texts and short texts do not pay for long ones; a batch
-holds as many rows as fit ``batch_tokens`` padded tokens (many short texts, few long ones),
-which also keeps the last, partly empty batch of each group of texts small.
+Batching (rows sorted by length, padded to power-of-two buckets) is
+``xelm.batches.length_bucketed``, shared with the embeddings.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
 from xelm.errors import XelmError
 
 MASK_RATIO = 0.15
-MIN_LEN = 16
-
-
-@dataclass
-class Batch:
-    rows: np.ndarray  # [n] index of each real row in the caller's list
-    ids: np.ndarray  # [B, S]
-    segment_ids: np.ndarray  # [B, S] 1 on tokens, 0 on padding
-    positions: np.ndarray  # [B, S]
-    mask_positions: np.ndarray  # [B, K]
-    mask_labels: np.ndarray  # [B, K]
-    mask_weights: np.ndarray  # [B, K] 1 on real masked positions
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        return self.ids, self.segment_ids, self.positions, self.mask_positions, self.mask_labels, self.mask_weights
 
 
 def check_texts(texts) -> list[str]:
@@ -85,34 +67,3 @@ def mask_sets(ids: np.ndarray, special_ids: np.ndarray, ratio: float = MASK_RATI
 def existing_masks(ids: np.ndarray, mask_id: int) -> np.ndarray:
     """Positions of the [MASK] tokens the text already has (fill-mask)."""
     return np.flatnonzero(ids == mask_id).astype(np.int32)
-
-
-def _bucket(n: int, lo: int, hi: int | None = None) -> int:
-    b = max(lo, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-    return b if hi is None else min(b, hi)
-
-
-def batches(seqs: list[np.ndarray], masks: list[np.ndarray], mask_id: int, pad_id: int, batch_tokens: int,
-            max_len: int):
-    """Yield :class:`Batch` es over the given rows, shortest first, masked positions set to [MASK]."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    padded = [_bucket(len(seqs[i]), MIN_LEN, max_len) for i in order]  # non-decreasing
-    start = 0
-    while start < len(order):
-        b = 1  # double the rows while more remain and twice as many still fit in batch_tokens
-        while start + b < len(order) and 2 * b * padded[min(start + 2 * b, len(order)) - 1] <= batch_tokens:
-            b *= 2
-        rows = np.array(order[start:start + b])
-        start += len(rows)
-        b, s = _bucket(len(rows), 1), padded[start - 1]
-        k = _bucket(max(len(masks[i]) for i in rows), 1)
-        ids = np.full((b, s), pad_id, np.int32)
-        seg = np.zeros((b, s), np.int32)
-        mpos, labels, weights = np.zeros((b, k), np.int32), np.zeros((b, k), np.int32), np.zeros((b, k), np.float32)
-        for r, i in enumerate(rows):
-            seq, m = seqs[i], masks[i]
-            ids[r, :len(seq)], seg[r, :len(seq)] = seq, 1
-            mpos[r, :len(m)], labels[r, :len(m)], weights[r, :len(m)] = m, seq[m], 1.0
-            ids[r, m] = mask_id
-        pos = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
-        yield Batch(rows, ids, seg, pos, mpos, labels, weights)

@@ -7,7 +7,8 @@ import numpy as np
 from flax import nnx
 
 from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
-from routing.masking import MASK_RATIO, batches, check_texts, choose_masks, encode, mask_sets
+from routing.masking import MASK_RATIO, check_texts, choose_masks, encode, mask_sets
+from xelm.batches import length_bucketed
 
 BATCH_TOKENS = 4096  # padded tokens (rows x length) per compiled call
 MAX_LEN = 512
@@ -21,9 +22,10 @@ def prepare(tokenizer, texts: list[str], max_len: int = MAX_LEN, seed: int = 0, 
 
 
 def _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
-    """Yield (batch, [E, B, K] log p_e(true token)) over the rows, shortest first."""
-    for b in batches(seqs, masks, tokenizer.mask_token_id, tokenizer.pad_token_id, batch_tokens, max_len):
-        yield b, np.asarray(label_logprobs(graphdef, sequential(b.ids), states_E, *b.arrays()[:5]))
+    """Yield (rows, batch, [E, B, K] log p_e(true token)) over the texts, shortest first."""
+    for rows, b in length_bucketed(seqs, masks, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id,
+                                   batch_tokens=batch_tokens, max_len=max_len):
+        yield rows, b, np.asarray(label_logprobs(graphdef, sequential(b), states_E, b))
 
 
 def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
@@ -31,12 +33,12 @@ def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, b
     """Per text, the summed -log Σ_e w_e p_e(token) over its masked tokens, and their count."""
     total, count = np.zeros(len(seqs)), np.zeros(len(seqs), np.int64)
     logw_NxE = np.log(np.maximum(w_NxE, 1e-30))
-    for b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+    for rows, b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
         logw_BxE = np.zeros((lp_ExBxK.shape[1], lp_ExBxK.shape[0]))
-        logw_BxE[:len(b.rows)] = logw_NxE[b.rows]
+        logw_BxE[:len(rows)] = logw_NxE[rows]
         mix_BxK = np.asarray(mixture_logprobs(lp_ExBxK, logw_BxE))
-        total[b.rows] = -(mix_BxK * b.mask_weights).sum(1)[:len(b.rows)]
-        count[b.rows] = b.mask_weights.sum(1)[:len(b.rows)]
+        total[rows] = -(mix_BxK * b.mask_weights_BxK).sum(1)[:len(rows)]
+        count[rows] = b.mask_weights_BxK.sum(1)[:len(rows)]
     return total, count
 
 
@@ -46,12 +48,12 @@ def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = 
     masks); K is the most masks any text has."""
     k_max = max([len(m) for m in masks] + [1])
     lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
-    for b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+    for rows, b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
         if lp_ExNxK is None:
             lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
-        n, k = len(b.rows), min(lp_ExBxK.shape[2], k_max)
-        lp_ExNxK[:, b.rows, :k] = lp_ExBxK[:, :n, :k]
-        w_NxK[b.rows, :k] = b.mask_weights[:n, :k]
+        n, k = len(rows), min(lp_ExBxK.shape[2], k_max)
+        lp_ExNxK[:, rows, :k] = lp_ExBxK[:, :n, :k]
+        w_NxK[rows, :k] = b.mask_weights_BxK[:n, :k]
     return lp_ExNxK, w_NxK
 
 

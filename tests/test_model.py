@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from xelm.batches import MLMBatch
 from xelm.config import ModelConfig
 from xelm.model import Encoder, mlm_loss
 
@@ -68,11 +69,10 @@ def test_masked_only_loss_equals_full_loss_restricted_to_masks(arch):
     mpos = np.array([[1, 4, 9], [0, 7, 15]], np.int32)
     labels = rng.integers(5, 97, (2, 3)).astype(np.int32)
     weights = np.array([[1, 1, 1], [1, 0, 1]], np.float32)
-    batch = {k: jnp.asarray(v) for k, v in dict(input_ids=ids, segment_ids=seg, positions=pos,
-             mask_positions=mpos, mask_labels=labels, mask_weights=weights).items()}
+    batch = MLMBatch(*(jnp.asarray(a) for a in (ids, seg, pos, mpos, labels, weights)))
     loss, _ = mlm_loss(model, batch)
     # Reference: the head on every position, then keep the masked ones.
-    logits = model.mlm_logits(model(batch["input_ids"], batch["segment_ids"], batch["positions"]))
+    logits = model.mlm_logits(model(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS))
     logp = jax.nn.log_softmax(logits, -1)
     nll = [-logp[b, mpos[b, j], labels[b, j]] for b in range(2) for j in range(3) if weights[b, j]]
     np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-5)

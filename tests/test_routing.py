@@ -16,10 +16,10 @@ from routing import XELM, Routing, score_model
 from routing.ensemble import label_logprobs, mixture_vocab_logprobs
 from routing.langid import LangId
 from routing.langid import load_or_fit as load_or_fit_langid
-from routing.masking import batches
 from routing.routes import keep_top_k
 from routing.scoring import mixture_loss, prepare
 from xelm.app.cli import build_parser, dispatch
+from xelm.batches import length_bucketed
 from xelm.errors import XelmError
 
 TEXTS = ["Alle Menschen sind frei und gleich an Würde und Rechten geboren.",
@@ -107,8 +107,8 @@ def test_langid_reloads_and_reports_test_accuracy(run, udhr):
 # ---------------------------------------------------------------------------- ensemble
 def _direct_logprobs(model, b):
     """One expert, run directly (no stacking, no vmap): [B, K, V] log-probabilities."""
-    h = model(b.ids, b.segment_ids, b.positions)
-    picked = np.take_along_axis(np.asarray(h), b.mask_positions[..., None], axis=1)
+    h = model(b.input_ids_BxS, b.segment_ids_BxS, b.positions_BxS)
+    picked = np.take_along_axis(np.asarray(h), b.mask_positions_BxK[..., None], axis=1)
     return np.asarray(jax.nn.log_softmax(model.mlm_logits(picked), axis=-1))
 
 
@@ -116,18 +116,18 @@ def test_stacked_call_equals_loop_and_mixture_is_a_hand_computed_distribution(xe
     names = tuple(xelm.names)
     graphdef, states = xelm.pool.stacked(names)
     seqs, masks = prepare(xelm.tokenizer, TEXTS)
-    b = next(batches(seqs, masks, xelm.tokenizer.mask_token_id, 0, 4 * xelm.max_len, xelm.max_len))
-    assert len(b.rows) == 4
+    rows, b = next(length_bucketed(seqs, masks, mask_id=xelm.tokenizer.mask_token_id, pad_id=0,
+                                   batch_tokens=4 * xelm.max_len, max_len=xelm.max_len))
+    assert len(rows) == 4
     loop = np.stack([_direct_logprobs(xelm.pool.get(n), b) for n in names])  # [E, B, K, V]
     for one_by_one in (False, True):  # vmap, and lax.map (what big batches use on CPU)
-        stacked = np.asarray(label_logprobs(graphdef, one_by_one, states, *b.arrays()[:5]))
-        assert np.allclose(stacked, np.take_along_axis(loop, b.mask_labels[None, ..., None], -1)[..., 0], atol=1e-5)
+        stacked = np.asarray(label_logprobs(graphdef, one_by_one, states, b))
+        assert np.allclose(stacked, np.take_along_axis(loop, b.mask_labels_BxK[None, ..., None], -1)[..., 0], atol=1e-5)
 
     w = np.array([[0.2, 0.8], [1.0, 0.0], [0.1, 0.9], [0.5, 0.5]])
     with np.errstate(divide="ignore"):
         logw = np.log(w)
-    mix = np.asarray(mixture_vocab_logprobs(graphdef, False, states, logw, b.ids, b.segment_ids, b.positions,
-                                            b.mask_positions))
+    mix = np.asarray(mixture_vocab_logprobs(graphdef, False, states, logw, b))
     assert np.allclose(np.exp(mix).sum(-1), 1.0, atol=1e-5)
     by_hand = np.log(np.einsum("be,ebkv->bkv", w, np.exp(loop)))
     assert np.allclose(mix, by_hand, atol=1e-4)

@@ -48,10 +48,11 @@ def test_mask_rows_masks_k_non_special_positions():
 def test_batches_are_a_pure_function_of_seed_and_step():
     docs = {"eng": [np.arange(2, 30)] * 3, "fra": [np.arange(40, 60)] * 3}
     corpus = TokenizedCorpus(docs, [0, 1, 2, 3, 4])
-    args = (corpus, {"eng": 0.5, "fra": 0.5}, 4, 16, 0.3, 4, 100)
-    a, b, c = make_batch(*args, 0, 7), make_batch(*args, 0, 7), make_batch(*args, 0, 8)
-    assert all((a[k] == b[k]).all() for k in ("input_ids", "mask_positions"))
-    assert not (a["input_ids"] == c["input_ids"]).all()
+    kw = dict(batch_size=4, seq_len=16, mask_ratio=0.3, mask_id=4, vocab_size=100, seed=0)
+    probs = {"eng": 0.5, "fra": 0.5}
+    (a, _), (b, _), (c, _) = (make_batch(corpus, probs, **kw, step=s) for s in (7, 7, 8))
+    assert (a.input_ids_BxS == b.input_ids_BxS).all() and (a.mask_positions_BxK == b.mask_positions_BxK).all()
+    assert not (a.input_ids_BxS == c.input_ids_BxS).all()
 
 
 # -------------------------------------------------------------------------- curriculum
@@ -166,3 +167,26 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path, tiny_tokenizer, ti
         results[n] = json.loads(out.stdout.strip().splitlines()[-1])
     assert results[2]["devices"] == 2
     assert results[2]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)
+
+
+def test_logged_loss_is_the_window_mean_and_survives_resume_mid_window(tmp_path, tiny_tokenizer, tiny_overrides):
+    from xelm.pretrain import pretrain
+    every_step = _run_dir(tmp_path, "every", tiny_tokenizer)
+    pretrain(load_config(TINY, [*tiny_overrides, "train.steps=8", "train.log_every=1"]), every_step, progress=False)
+    per_step = _losses(every_step)
+    split = _run_dir(tmp_path, "split", tiny_tokenizer)
+    cfg = load_config(TINY, [*tiny_overrides, "train.steps=8", "train.log_every=4", "train.checkpoint_every=3"])
+    pretrain(cfg, split, max_steps=3, progress=False)  # stops (and checkpoints) inside the first window
+    summary = pretrain(cfg, split, progress=False)
+    rows = [json.loads(r) for r in (split / "base" / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r["loss"] for r in rows}
+    assert by_step[4] == pytest.approx(np.mean(per_step[:4]), abs=1e-5)
+    assert by_step[8] == pytest.approx(np.mean(per_step[4:]), abs=1e-5)
+    assert summary["loss"] == pytest.approx(by_step[8])
+
+
+def test_diverging_loss_stops_with_one_clear_line(tmp_path, tiny_tokenizer, tiny_overrides):
+    from xelm.pretrain import pretrain
+    cfg = load_config(TINY, [*tiny_overrides, "train.lr=1.0e+30", "train.warmup_steps=0"])
+    with pytest.raises(XelmError, match=r"diverged: the loss is nan at step \d+; lower train.lr"):
+        pretrain(cfg, _run_dir(tmp_path, "run", tiny_tokenizer), max_steps=5, progress=False)

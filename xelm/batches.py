@@ -1,4 +1,6 @@
-"""Packed, masked MLM batches, a pure function of (seed, step): resuming needs no data state.
+"""Masked-LM batches (:class:`MLMBatch`, the one batch type): packed training batches, a pure
+function of (seed, step) so resuming needs no data state, and length-bucketed batches of
+separate texts for scoring and embedding.
 
 Documents are concatenated into one stream and cut into rows of ``seq_len`` tokens with
 segment ids (a document cut at a row's end continues as a new segment in the next row), so
@@ -8,11 +10,32 @@ positions (80% [MASK], 10% random token, 10% unchanged), so the head runs on [B,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 
 import numpy as np
+from flax import struct
 
 from xelm.errors import XelmError
+
+VALIDATION_SEED = 12345  # the fixed validation batches' seed: the same masks for every model
+MIN_LEN = 16  # the shortest padded length of a length bucket
+
+
+@struct.dataclass
+class MLMBatch:
+    """A masked-LM batch: training, validation, scoring and embedding all use this one type.
+
+    ``segment_ids_BxS`` is 0 on padding; ``mask_weights_BxK`` is 0 on mask slots that are only
+    there to fill K (padding of the masked positions). A pytree: it passes through ``jax.jit``.
+    """
+
+    input_ids_BxS: np.ndarray
+    segment_ids_BxS: np.ndarray
+    positions_BxS: np.ndarray
+    mask_positions_BxK: np.ndarray
+    mask_labels_BxK: np.ndarray
+    mask_weights_BxK: np.ndarray
 
 
 class TokenizedCorpus:
@@ -71,9 +94,11 @@ def mask_rows(ids_BxS: np.ndarray, mask_ratio: float, rng: np.random.Generator, 
     return inputs, positions_BxK, labels_BxK.astype(np.int32), weights_BxK
 
 
-def make_batch(corpus: TokenizedCorpus, probs: Mapping[str, float], batch_size: int, seq_len: int,
-               mask_ratio: float, mask_id: int, vocab_size: int, seed: int, step: int) -> dict:
-    """The batch for ``step``: languages drawn by ``probs``, documents uniformly within each."""
+def make_batch(corpus: TokenizedCorpus, probs: Mapping[str, float], *, batch_size: int, seq_len: int,
+               mask_ratio: float, mask_id: int, vocab_size: int, seed: int,
+               step: int) -> tuple[MLMBatch, dict[str, int]]:
+    """The batch for ``step`` and its tokens per language: languages drawn by ``probs``,
+    documents uniformly within each."""
     rng = np.random.default_rng([seed, step])
     langs = list(probs)
     p = np.array([probs[lang] for lang in langs])
@@ -87,6 +112,45 @@ def make_batch(corpus: TokenizedCorpus, probs: Mapping[str, float], batch_size: 
         need -= len(doc)
     ids, segments, positions = pack(docs, batch_size, seq_len)
     inputs, mpos, labels, weights = mask_rows(ids, mask_ratio, rng, mask_id, vocab_size, corpus.special_ids)
-    return {"input_ids": inputs, "segment_ids": segments, "positions": positions,
-            "mask_positions": mpos, "mask_labels": labels, "mask_weights": weights,
-            "tokens_by_lang": counts}
+    return MLMBatch(inputs, segments, positions, mpos, labels, weights), counts
+
+
+def bucket(n: int, lo: int = 1, hi: int | None = None) -> int:
+    """``n`` rounded up to a power of two, at least ``lo`` (and at most ``hi``): a few shapes,
+    so a few compilations, serve every batch."""
+    b = max(lo, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+    return b if hi is None else min(b, hi)
+
+
+def length_bucketed(seqs: list[np.ndarray], masks: list[np.ndarray], *, mask_id: int, pad_id: int,
+                    batch_tokens: int, max_len: int) -> Iterator[tuple[np.ndarray, MLMBatch]]:
+    """Yield (rows, batch) over ``seqs`` (one text per row, padded), shortest first; ``rows`` are
+    the batch's real rows' indices in ``seqs``, and ``masks[i]`` the positions of text i set to
+    [MASK] (may be empty).
+
+    Rows, length and masks are padded to power-of-two buckets, so a few compilations serve any
+    mix of texts and short texts do not pay for long ones; a batch holds as many rows as fit
+    ``batch_tokens`` padded tokens (many short texts, few long ones), which also keeps the last,
+    partly empty batch small.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    padded = [bucket(len(seqs[i]), MIN_LEN, max_len) for i in order]  # non-decreasing
+    start = 0
+    while start < len(order):
+        b = 1  # double the rows while more remain and twice as many still fit in batch_tokens
+        while start + b < len(order) and 2 * b * padded[min(start + 2 * b, len(order)) - 1] <= batch_tokens:
+            b *= 2
+        rows = np.array(order[start:start + b])
+        start += len(rows)
+        b, s = bucket(len(rows)), padded[start - 1]
+        k = bucket(max(len(masks[i]) for i in rows))
+        ids = np.full((b, s), pad_id, np.int32)
+        seg = np.zeros((b, s), np.int32)
+        mpos, labels, weights = np.zeros((b, k), np.int32), np.zeros((b, k), np.int32), np.zeros((b, k), np.float32)
+        for r, i in enumerate(rows):
+            seq, m = seqs[i], masks[i]
+            ids[r, :len(seq)], seg[r, :len(seq)] = seq, 1
+            mpos[r, :len(m)], labels[r, :len(m)], weights[r, :len(m)] = m, seq[m], 1.0
+            ids[r, m] = mask_id
+        pos = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
+        yield rows, MLMBatch(ids, seg, pos, mpos, labels, weights)

@@ -1,7 +1,9 @@
-"""Orbax checkpoints of an NNX state plus JSON metadata (step, data position, token counts)."""
+"""Orbax checkpoints of an NNX state plus JSON metadata (step, data position, token counts), and
+the one way any saved state is read back: into an abstract state (shapes only)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -9,6 +11,23 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from xelm.errors import XelmError
+
+
+def restore_into(abstract_state: nnx.State, read: Callable[[dict], dict], what: str, fix: str = "",
+                 sharding: jax.sharding.Sharding | None = None) -> nnx.State:
+    """``abstract_state`` (``jax.ShapeDtypeStruct`` leaves, e.g. from ``nnx.eval_shape``) filled
+    by ``read(target)``, an Orbax restore of a pure dict; every leaf lands on ``sharding`` (or the
+    first local device). A damaged or mismatched file is one line naming ``what`` and ``fix``."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          nnx.to_pure_dict(abstract_state))
+    try:
+        restored = read(target)
+    except Exception as e:  # Orbax raises many kinds for missing, damaged or mismatched files
+        raise XelmError(f"{what} cannot be read ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}){fix}") from None
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return abstract_state
 
 
 class Checkpointer:
@@ -27,20 +46,22 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(nnx.to_pure_dict(state)), meta=ocp.args.JsonSave(meta)))
 
-    def restore(self, abstract_state: nnx.State, step: int | None = None) -> tuple[nnx.State, dict]:
-        """Fill ``abstract_state`` (its shapes and shardings) from the checkpoint at ``step``."""
+    def restore(self, abstract_state: nnx.State, step: int | None = None,
+                sharding: jax.sharding.Sharding | None = None) -> tuple[nnx.State, dict]:
+        """``abstract_state`` filled from the checkpoint at ``step`` (default: the latest), and
+        that step's metadata."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise XelmError(f"no checkpoint in {self.directory}")
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(abstract_state))
-        try:
+        meta = {}
+
+        def read(target):
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        except Exception as e:  # Orbax raises many kinds for damaged or mismatched files
-            raise XelmError(f"checkpoint {self.directory / str(step)} cannot be restored "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        nnx.replace_by_pure_dict(abstract_state, restored["state"])
-        return abstract_state, dict(restored["meta"])
+            meta.update(restored["meta"])
+            return restored["state"]
+        state = restore_into(abstract_state, read, f"checkpoint {self.directory / str(step)}", sharding=sharding)
+        return state, meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

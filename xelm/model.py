@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xelm.batches import MLMBatch
 from xelm.config import ModelConfig
 
 
@@ -167,19 +168,28 @@ class Encoder(nnx.Module):
             logits = logits + self.decoder_bias[...]
         return logits.astype(jnp.float32)
 
+    def masked_logits(self, batch: MLMBatch):
+        """[B, K, V] logits at the batch's masked positions: the head runs on those states only."""
+        hidden_BxSxD = self(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS)
+        picked_BxKxD = jnp.take_along_axis(hidden_BxSxD, batch.mask_positions_BxK[..., None], axis=1)
+        return self.mlm_logits(picked_BxKxD)
 
-def mlm_loss(model: Encoder, batch: dict):
-    """Mean cross-entropy on masked positions only: the head runs on [B, K] gathered states."""
-    hidden_BxSxD = model(batch["input_ids"], batch["segment_ids"], batch["positions"])
-    idx_BxK = batch["mask_positions"]
-    picked_BxKxD = jnp.take_along_axis(hidden_BxSxD, idx_BxK[..., None], axis=1)
-    logits_BxKxV = model.mlm_logits(picked_BxKxD)
+    def mean_pool(self, batch: MLMBatch):
+        """[B, D] mean of the final hidden states over each row's tokens (padding left out)."""
+        hidden_BxSxD = self(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS).astype(jnp.float32)
+        w_BxS = (batch.segment_ids_BxS > 0).astype(jnp.float32)
+        return (hidden_BxSxD * w_BxS[..., None]).sum(1) / jnp.maximum(w_BxS.sum(1, keepdims=True), 1.0)
+
+
+def mlm_loss(model: Encoder, batch: MLMBatch):
+    """Mean cross-entropy over the batch's masked positions (weighted by ``mask_weights``)."""
+    logits_BxKxV = model.masked_logits(batch)
     logp = jax.nn.log_softmax(logits_BxKxV, axis=-1)
-    nll_BxK = -jnp.take_along_axis(logp, batch["mask_labels"][..., None], axis=-1)[..., 0]
-    w_BxK = batch["mask_weights"]
+    nll_BxK = -jnp.take_along_axis(logp, batch.mask_labels_BxK[..., None], axis=-1)[..., 0]
+    w_BxK = batch.mask_weights_BxK
     n = jnp.maximum(w_BxK.sum(), 1.0)
     loss = (nll_BxK * w_BxK).sum() / n
-    acc = ((logits_BxKxV.argmax(-1) == batch["mask_labels"]) * w_BxK).sum() / n
+    acc = ((logits_BxKxV.argmax(-1) == batch.mask_labels_BxK) * w_BxK).sum() / n
     return loss, {"accuracy": acc, "masked": w_BxK.sum()}
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -18,23 +18,22 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from xelm.batches import TokenizedCorpus, make_batch
+from xelm.batches import MLMBatch, TokenizedCorpus, make_batch
 from xelm.checkpoint import Checkpointer
-from xelm.config import RunConfig, Stage, TrainConfig
+from xelm.config import ModelConfig, RunConfig, TrainConfig
 from xelm.curriculum import stage_index, stage_probabilities, wsd_schedule
+from xelm.errors import XelmError
 from xelm.model import Encoder, mlm_loss
 
-BATCH_KEYS = ("input_ids", "segment_ids", "positions", "mask_positions", "mask_labels", "mask_weights")
 
-
-def make_optimizer(model: Encoder, cfg: TrainConfig, stages: tuple[Stage, ...]) -> nnx.Optimizer:
-    """AdamW with WSD schedule and global-norm clipping; no weight decay on norms and biases."""
+def make_optimizer(model: Encoder, cfg: TrainConfig, schedule: optax.Schedule) -> nnx.Optimizer:
+    """AdamW with the learning-rate ``schedule`` and global-norm clipping; no weight decay on
+    norms and biases."""
     def decay_mask(params):
         return jax.tree.map(lambda p: p.ndim > 1, params)
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(wsd_schedule(cfg, stages), b1=cfg.b1, b2=cfg.b2, eps=1e-6,
-                    weight_decay=cfg.weight_decay, mask=decay_mask))
+        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-6, weight_decay=cfg.weight_decay, mask=decay_mask))
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -42,28 +41,42 @@ def data_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+def shard_batch(batch: MLMBatch, mesh: jax.sharding.Mesh) -> MLMBatch:
     """Place the global batch's rows over the mesh; each process gives only its own rows."""
     sharding = NamedSharding(mesh, P("data"))
     n, i = jax.process_count(), jax.process_index()
-    out = {}
-    for k in BATCH_KEYS:
-        rows = batch[k]
+
+    def place(rows):
         local = np.array_split(rows, n)[i] if n > 1 else rows
-        out[k] = jax.make_array_from_process_local_data(sharding, local, rows.shape)
-    return out
+        return jax.make_array_from_process_local_data(sharding, local, rows.shape)
+    return jax.tree.map(place, batch)
 
 
 class Trainer:
-    """Holds the split model+optimizer state and the compiled step."""
+    """Holds the split model+optimizer state (replicated over the mesh) and the compiled step."""
 
-    def __init__(self, model: Encoder, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh):
-        self.graphdef, state = nnx.split((model, optimizer))
-        self.mesh = mesh
+    def __init__(self, graphdef, state: nnx.State, mesh: jax.sharding.Mesh):
+        self.graphdef, self.mesh = graphdef, mesh
         self.state = jax.device_put(state, NamedSharding(mesh, P()))
-        self._step = jax.jit(partial(_train_step, self.graphdef), donate_argnums=0)
+        self._step = jax.jit(partial(_train_step, graphdef), donate_argnums=0)
 
-    def step(self, batch: dict) -> dict:
+    @classmethod
+    def create(cls, model: Encoder, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh) -> Trainer:
+        return cls(*nnx.split((model, optimizer)), mesh)
+
+    @classmethod
+    def restore(cls, ckpt: Checkpointer, cfg: ModelConfig, tc: TrainConfig, schedule: optax.Schedule,
+                mesh: jax.sharding.Mesh) -> tuple[Trainer, dict]:
+        """The trainer at the latest checkpoint, read into an abstract model and optimizer
+        (shapes only: nothing is initialised to be overwritten); returns it and the metadata."""
+        def build():
+            model = Encoder(cfg, rngs=nnx.Rngs(0))
+            return model, make_optimizer(model, tc, schedule)
+        graphdef, abstract = nnx.split(nnx.eval_shape(build))
+        state, meta = ckpt.restore(abstract, sharding=NamedSharding(mesh, P()))
+        return cls(graphdef, state, mesh), meta
+
+    def step(self, batch: MLMBatch) -> dict:
         self.state, metrics = self._step(self.state, shard_batch(batch, self.mesh))
         return metrics
 
@@ -71,11 +84,14 @@ class Trainer:
         return nnx.merge(self.graphdef, self.state)[0]
 
 
-def _train_step(graphdef, state, batch):
+def _train_step(graphdef, state, batch: MLMBatch):
     model, optimizer = nnx.merge(graphdef, state)
     (loss, aux), grads = nnx.value_and_grad(mlm_loss, has_aux=True)(model, batch)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+
+
+BatchSource = Callable[[int], tuple[MLMBatch, dict[str, int]]]
 
 
 @dataclass
@@ -90,49 +106,65 @@ class TrainResult:
 
 def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_id: int,
           model: Encoder | None = None, max_steps: int | None = None, progress: bool = True,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", batch_source: BatchSource | None = None) -> TrainResult:
     """Train ``model`` (or a fresh encoder) under ``out_dir``: checkpoints/, metrics.jsonl,
-    loss.png. Resumes from the latest checkpoint there, exactly (batches depend on step only)."""
+    loss.png. Resumes from the latest checkpoint there, exactly (batches depend on step only).
+
+    A logged (and returned) loss is the mean over the steps since the previous log line; a
+    loss that becomes NaN or infinite stops training with an error naming the step.
+
+    ``batch_source(step) -> (batch, tokens by language)`` replaces the curriculum's batches
+    (it must be a pure function of the step, like ``make_batch``): the equal-compute dense
+    baseline replays exactly the batches the experts trained on.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tc, stages = cfg.train, cfg.curriculum
-    if model is None:
-        model = Encoder(cfg.model, rngs=nnx.Rngs(tc.seed))
-    trainer = Trainer(model, make_optimizer(model, tc, stages), data_mesh())
+    schedule = wsd_schedule(tc, stages)
+    sizes = corpus.sizes()
+    stage_probs = [stage_probabilities(stage, sizes) for stage in stages]  # checks every stage first
+    mesh = data_mesh()
     ckpt = Checkpointer(out_dir / "checkpoints", keep=tc.keep_checkpoints)
     step, tokens, by_lang, resumed = 0, 0, {}, ckpt.latest_step()
-    if resumed is not None:
-        trainer.state, meta = ckpt.restore(trainer.state)
+    window: list[dict] = []  # per-step metrics since the last log boundary (a multiple of log_every)
+    if resumed is None:
+        model = model if model is not None else Encoder(cfg.model, rngs=nnx.Rngs(tc.seed))
+        trainer = Trainer.create(model, make_optimizer(model, tc, schedule), mesh)
+    else:
+        trainer, meta = Trainer.restore(ckpt, model.cfg if model is not None else cfg.model, tc, schedule, mesh)
         step, tokens, by_lang = meta["step"], meta["tokens"], meta["tokens_by_lang"]
+        window = list(meta.get("metrics_window", []))
     metrics_path = out_dir / "metrics.jsonl"
     rows = _truncate_metrics(metrics_path, step)
     end = min(tc.steps, max_steps) if max_steps is not None else tc.steps
-    sizes = corpus.sizes()
-    probs_cache: dict[int, dict] = {}
-    schedule = wsd_schedule(tc, stages)
     loss = rows[-1]["loss"] if rows else float("nan")  # a run resumed at its end keeps its loss
     bar = tqdm(total=end, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     t_last, tokens_last = time.perf_counter(), tokens
     with open(metrics_path, "a") as log:
         while step < end:
             si = stage_index(step, stages, tc.steps)
-            stage = stages[si]
-            probs = probs_cache.setdefault(si, stage_probabilities(stage, sizes))
-            batch = make_batch(corpus, probs, cfg.data.batch_size, cfg.data.seq_len, stage.mask_ratio,
-                               mask_id, cfg.model.vocab_size, tc.seed, step)
-            metrics = trainer.step(batch)
+            stage, probs = stages[si], stage_probs[si]
+            if batch_source is not None:
+                batch, counts = batch_source(step)
+            else:
+                batch, counts = make_batch(corpus, probs, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+                                           mask_ratio=stage.mask_ratio, mask_id=mask_id,
+                                           vocab_size=cfg.model.vocab_size, seed=tc.seed, step=step)
+            window.append(trainer.step(batch))
             step += 1
-            tokens += batch["input_ids"].size
-            for lang, n in batch["tokens_by_lang"].items():
+            tokens += batch.input_ids_BxS.size
+            for lang, n in counts.items():
                 by_lang[lang] = by_lang.get(lang, 0) + n
-            if step % tc.log_every == 0 or step == end:
-                m = jax.device_get(metrics)
-                loss = float(m["loss"])
+            at_log, at_ckpt = step % tc.log_every == 0 or step == end, step % tc.checkpoint_every == 0 or step == end
+            if at_log or at_ckpt:
+                window = _checked(jax.device_get(window), step)
+            if at_log:
+                m = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "accuracy", "grad_norm")}
+                loss = m["loss"]
                 now = time.perf_counter()
                 rate = (tokens - tokens_last) / max(now - t_last, 1e-9)
                 t_last, tokens_last = now, tokens
-                row = {"step": step, "loss": loss, "accuracy": float(m["accuracy"]),
-                       "grad_norm": float(m["grad_norm"]), "tokens": tokens,
+                row = {"step": step, **m, "tokens": tokens,
                        "lr": float(schedule(step - 1)), "stage": stage.name,
                        "mask_ratio": stage.mask_ratio, "temperature": stage.temperature,
                        "languages": len(probs), "tokens_per_s": rate}
@@ -140,15 +172,29 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
                 log.flush()
                 bar.set_postfix(loss=f"{loss:.3f}", stage=stage.name, mask=stage.mask_ratio,
                                 tau=stage.temperature, tok_s=f"{rate:,.0f}")
-            if step % tc.checkpoint_every == 0 or step == end:
-                ckpt.save(step, trainer.state, {"step": step, "tokens": tokens, "tokens_by_lang": by_lang,
-                                                "data_position": {"seed": tc.seed, "next_step": step}})
+                if step % tc.log_every == 0:
+                    window = []
+            if at_ckpt:
+                ckpt.save(step, trainer.state, {"step": step, "tokens": tokens, "tokens_by_lang": dict(by_lang),
+                                                "data_position": {"seed": tc.seed, "next_step": step},
+                                                "metrics_window": list(window)})  # copies: saved async
             bar.update(1)
     bar.close()
     ckpt.wait()
     ckpt.close()
     plot_loss(metrics_path, out_dir / "loss.png")
     return TrainResult(step, loss, tokens, by_lang, resumed, trainer.model())
+
+
+def _checked(window: list[dict], step: int) -> list[dict]:
+    """The window's metrics as Python floats; a non-finite loss stops training, naming its step."""
+    window = [{k: float(v) for k, v in w.items()} for w in window]
+    for i, w in enumerate(window):
+        if not np.isfinite(w["loss"]):
+            at = step - len(window) + i + 1
+            raise XelmError(f"training diverged: the loss is {w['loss']} at step {at}; lower train.lr "
+                            "(or raise train.warmup_steps) and train again")
+    return window
 
 
 def _truncate_metrics(path: Path, step: int) -> list[dict]:
@@ -170,13 +216,16 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
     return keep
 
 
+MIN_PLOTTED_LOGS = 5
+
+
 def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(r) for r in metrics_path.read_text().splitlines() if r.strip()]
-    if not rows:
+    if len(rows) < MIN_PLOTTED_LOGS:  # a curve of a few points says nothing: no plot
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.array([r["step"] for r in rows])
@@ -199,8 +248,8 @@ def _eval_step(graphdef, state, batch):
     return mlm_loss(nnx.merge(graphdef, state), batch)[0]
 
 
-def evaluate_loss(model: Encoder, batches: list[dict]) -> float:
+def evaluate_loss(model: Encoder, batches: list[MLMBatch]) -> float:
     """Mean masked-LM loss over fixed batches (same masks for every model compared)."""
     graphdef, state = nnx.split(model)
-    losses = [_eval_step(graphdef, state, {k: jnp.asarray(b[k]) for k in BATCH_KEYS}) for b in batches]
+    losses = [_eval_step(graphdef, state, b) for b in batches]
     return float(np.mean(jax.device_get(losses)))

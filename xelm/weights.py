@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from xelm.checkpoint import restore_into
 from xelm.config import ModelConfig, from_dict, to_dict
 from xelm.errors import XelmError
 from xelm.model import Encoder
@@ -57,27 +58,24 @@ def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
     try:
         meta = json.loads(meta_path.read_text())
         return from_dict(meta["model"], ModelConfig), meta["checksum"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise XelmError(f"{meta_path} is damaged ({type(e).__name__}: {e})") from None
 
 
-def load_weights(directory: str | Path, name: str | None = None, verify: bool = True) -> Encoder:
-    """The encoder saved at ``directory``; a damaged or missing file is an error naming
-    ``name`` (e.g. the expert) and the path."""
+def load_weights(directory: str | Path, *, name: str | None = None, expected: str | None = None) -> Encoder:
+    """The encoder saved at ``directory``, read into an abstract model (nothing initialised)
+    and its checksum verified once: against ``model.json`` and, if given, ``expected`` (e.g. a
+    registry card's). A damaged or missing file is an error naming ``name`` and the path."""
     label = f"{name} ({directory})" if name else str(directory)
-    cfg, expected = load_model_config(directory)
-    model = Encoder(cfg, rngs=nnx.Rngs(0))
-    abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
-    try:
+    fix = "; re-create them or remove the entry"
+    cfg, saved = load_model_config(directory)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))
+
+    def read(target):
         with ocp.StandardCheckpointer() as ckptr:
-            restored = ckptr.restore(_path(directory) / "params", target)
-    except Exception as e:  # Orbax raises many kinds for missing or damaged files
-        raise XelmError(f"weights of {label} cannot be read ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]}); re-create them or remove the entry") from None
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
-    if verify and checksum(model) != expected:
-        raise XelmError(f"weights of {label} are damaged: checksum mismatch; re-create them or remove the entry")
+            return ckptr.restore(_path(directory) / "params", target)
+    model = nnx.merge(graphdef, restore_into(abstract, read, f"weights of {label}", fix))
+    digest = checksum(model)
+    if digest != saved or (expected is not None and digest != expected):
+        raise XelmError(f"weights of {label} are damaged: checksum mismatch{fix}")
     return model

@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if argv is None and not args.debug:
+    if argv is None and not args.debug and args.command != "serve":
         quiet_library_threads()
     code = _run(args)
     if argv is None and code:  # the real command line: this process is ours to end, at once after
@@ -291,12 +291,24 @@ def quiet_library_threads() -> None:
 
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     threading.excepthook = lambda hook_args: None
-    main_hook = sys.excepthook  # native threads (TensorStore's callbacks) report through sys.excepthook
+    sys.stderr = MainThreadOnly(sys.stderr)  # native threads (TensorStore's callbacks) print there
 
-    def hook(*exc_info):
+
+class MainThreadOnly:
+    """A stream that passes on what the main thread writes and drops what other threads write."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        import threading
+
         if threading.current_thread() is threading.main_thread():
-            main_hook(*exc_info)
-    sys.excepthook = hook
+            return self._stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _fail(args, message: str) -> int:

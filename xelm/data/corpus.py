@@ -35,9 +35,9 @@ UDHR_TEST = {"28", "29", "30"}
 # What one corpus file may cost: bytes on disk, text bytes once decoded, and rows. A file past
 # these is refused with a message, not read until memory runs out (a parquet file of a few
 # hundred bytes can decode to gigabytes).
-MAX_FILE_BYTES = 4 * 2**30
-MAX_TEXT_BYTES = 4 * 2**30
-MAX_ROWS = 20_000_000
+MAX_FILE_BYTES = 2**30
+MAX_TEXT_BYTES = 2**30
+MAX_ROWS = 10_000_000
 PARQUET_BATCH_ROWS = 4096
 
 

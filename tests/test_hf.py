@@ -291,11 +291,12 @@ def test_exported_expert_fills_the_same_query_in_the_pipeline(tiny_expert_run, t
     """The text a user writes for xelm works unchanged in transformers' fill-mask pipeline on
     the exported expert, with xelm's answer; ``fill-mask --model`` takes the HF folder, the
     expert's registry folder, and gives routing's answer for that expert alone."""
+    from experts.registry import Registry
     from routing import XELM
     from routing.routes import Routing
 
     run, out = tiny_expert_run, tmp_path / "hf"
-    name = sorted(os.listdir(run / "registry"))[0]
+    name = Registry(run / "registry").names()[0]
     assert main(["export-hf", "--run-dir", str(run), "--expert", name, "--out", str(out)]) == 0
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.mask_token == "<mask>" and tok.mask_token_id == AutoTokenizer.from_pretrained(

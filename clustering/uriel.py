@@ -150,5 +150,5 @@ def family_node(name: str) -> str:
     if containing:
         return max(containing, key=lambda n: (len(family_members(n)), -len(n)))
     near = difflib.get_close_matches(name, nodes, n=5, cutoff=0.6)
-    raise XelmError(f"unknown language family {name!r}: not a URIEL/Glottolog family or branch name"
-                    + (f"; nearest: {', '.join(near)}" if near else "; e.g. Romance, Slavic, Bantu, Turkic, Indo-Aryan"))
+    hint = f"nearest: {', '.join(near)}" if near else "e.g. Romance, Slavic, Bantu, Turkic, Indo-Aryan"
+    raise XelmError(f"unknown language family {name!r}: not a URIEL/Glottolog family or branch name; {hint}")

@@ -117,8 +117,8 @@ def _experts(sub) -> None:
               "add an expert for new languages without retraining others (HMR)")
     common(p)
     p.add_argument("--languages", help="comma-separated codes: ISO 639-3 (ita), ISO 639-1 (it) or BCP-47 (pt-BR)")
-    p.add_argument("--family", metavar="NAME", help="a language family or branch (URIEL/Glottolog), e.g. Bantu, "
-                                                    "Romance, Turkic, Indo-Aryan: its languages with text in the corpus")
+    p.add_argument("--family", metavar="NAME", help="a language family or branch (URIEL/Glottolog), e.g. "
+                                                    "Bantu, Romance, Turkic: its languages with text in the corpus")
     p.add_argument("--tokens", type=int, required=True, help="token budget (rounded up to whole batches)")
     p.add_argument("--parent", default="auto", help="auto (typologically nearest expert), base, or a name")
     p.add_argument("--name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,11 @@ def cmd_tokenizer_train(args) -> int:
     corpus = load_corpus(args.corpus)
     if not len(corpus["train"]):
         raise XelmError(f"corpus {args.corpus!r} has no train split to train a tokenizer on")
-    tok = train_tokenizer(texts_by_lang(corpus["train"]), args.vocab_size, args.out,
+    texts = texts_by_lang(corpus["train"])
+    if interactive(args):  # the sampling before the trainer's own bar takes a while: say what runs
+        print(f"training a {args.vocab_size:,}-piece Unigram tokenizer on ~{args.chars:,} characters sampled from "
+              f"{len(texts)} languages (τ = {args.temperature})...", file=sys.stderr, flush=True)
+    tok = train_tokenizer(texts, args.vocab_size, args.out,
                           temperature=args.temperature, n_chars=args.chars, seed=args.seed,
                           show_progress=interactive(args))
     result = {"out": str(args.out), "vocab_size": len(tok), "corpus": args.corpus}

@@ -23,7 +23,11 @@ CHUNK = 256  # texts per call: a progress bar moves, and memory stays flat for b
 
 
 def _model(args):
-    return XELM.from_run(args.run_dir, args.registry, temperature=args.temperature, prior=args.prior)
+    model = XELM.from_run(args.run_dir, args.registry, temperature=args.temperature, prior=args.prior)
+    k, n = args.experts, len(model.names)
+    if k is not None and not (1 <= k <= n):
+        raise XelmError(f"--experts {k} is out of range: give a whole number from 1 to {n} (the registry's experts)")
+    return model
 
 
 def _inputs(args) -> Inputs:

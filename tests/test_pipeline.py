@@ -25,6 +25,11 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert 0.0 <= s["improved_fraction"] <= 1.0 and s["languages"] == 6
     assert set(m["languages"]["eng"]) >= {"base", "dense", "own_expert", "xelm:tfidf@1", "xelm:posterior@2"}
     assert m["compute"]["equal"] and m["compute"]["dense_tokens"] == m["compute"]["experts_total"]
+    assert s["equal_compute"] and m["compute"]["tokens_by_lang"]["dense"] == m["compute"]["tokens_by_lang"]["experts"]
+    assert s["significant_wins"] + s["significant_losses"] <= s["languages"] and s["scored_tokens_median"] >= 200
+    lo, hi = s["mean_delta_ci"]
+    assert lo <= s["mean_delta_loss"] <= hi and s["soft_mixture"]["languages"] == 6
+    assert all(r["delta_ci"][0] <= r["delta"] <= r["delta_ci"][1] for r in m["languages"].values() if "delta" in r)
     for lang, row in m["languages"].items():  # routing by the language = that language's own expert
         if row["cluster"]:
             assert abs(row["xelm:language@1"] - row["own_expert"]) < 1e-6, lang
@@ -33,6 +38,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert set(m["routing"]) == {"tfidf", "posterior", "langid"}
     assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1
     text = (report / "report.md").read_text()
+    assert f"[{lo:+.3f}, {hi:+.3f}]" in text.split("## What")[0]  # the headline gives the interval
     for section in ("## Headline", "## What the numbers say", "## By resource level", "## By cluster", "## New languages",
                     "## Routing", "## Zero-shot"):
         assert section in text

@@ -17,15 +17,16 @@ from routing import langid as langid_mod
 from routing import tfidf as tfidf_mod
 from routing.ensemble import mixture_embeddings, mixture_vocab_logprobs, sequential
 from routing.language import LanguageRouter
-from routing.masking import MASK_RATIO, check_texts, encode, existing_masks
+from routing.masking import MASK_RATIO, check_texts, encode
 from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
 from routing.routes import Routing, check_temperature, check_top_k
 from routing.runfiles import expert_scripts, expert_texts, letter_scripts
 from routing.scoring import BATCH_TOKENS, MAX_LEN, label_table, mixture_nll, per_token, prepare
 from xelm.batches import length_bucketed
-from xelm.batches import length_bucketed
 from xelm.errors import XelmError
+from xelm.fillmask import check_top_k as check_top_k_tokens
+from xelm.fillmask import encode_masked, fillers
 from xelm.rundir import RunDir
 
 ROUTERS = ("language", "tfidf", "posterior", "langid")
@@ -191,10 +192,7 @@ class XELM:
         text = check_texts(text)[0]
         tok, context = self.tokenizer, mask_context(text)
         routing = self.route([context], router, top_k, lang)
-        seq = encode(tok, [MASK_MARKERS.sub(tok.mask_token, text)], self.max_len)[0]
-        where = existing_masks(seq, tok.mask_token_id)
-        if not len(where):
-            raise XelmError(f"every <mask> lies beyond the first {self.max_len} tokens: shorten the text")
+        seq, where = encode_masked(tok, text, self.max_len)
         (names, _, w), = self._groups(routing)
         graphdef, states = self.pool.stacked(names)
         _, b = next(length_bucketed([seq], [where], mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
@@ -206,18 +204,9 @@ class XELM:
         """The ``top_k`` likeliest tokens for each ``<mask>`` (or ``[MASK]``) under the mixture,
         as the transformers pipeline returns them: [{"token", "token_str", "score", "sequence"}],
         or one such list per mask when there are several. ``experts_top_k`` limits the experts."""
-        tok, vocab = self.tokenizer, len(self.tokenizer)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
-            raise XelmError(f"top-k {top_k!r} is out of range: give a whole number from 1 to {vocab}")
+        check_top_k_tokens(self.tokenizer, top_k)
         logp_KxV, seq, where = self.mask_logprobs(text, router, experts_top_k, lang)
-        logp_KxV[:, tok.all_special_ids] = -np.inf  # never propose [CLS], [PAD], ...
-        out = []
-        for k, pos in enumerate(where):
-            best = np.argsort(-logp_KxV[k], kind="stable")[:top_k]
-            out.append([{"token": int(t), "token_str": tok.decode([int(t)]).strip(),
-                         "score": float(np.exp(logp_KxV[k, t])),
-                         "sequence": tok.decode(np.where(np.arange(len(seq)) == pos, t, seq)[1:-1])} for t in best])
-        return out[0] if len(out) == 1 else out
+        return fillers(self.tokenizer, seq, where, logp_KxV, top_k)  # as one model's (xelm.fillmask)
 
     def embed(self, texts, router=None, top_k: int | None = None, lang=None) -> np.ndarray:
         """[N, hidden] the routing-weighted mean of the experts' mean-pooled final hidden states."""

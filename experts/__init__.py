@@ -1,6 +1,4 @@
-"""Experts: branch the base, train each on its cluster only, register; add languages (HMR)."""
+"""Experts: branch the base, train each on its cluster only, register; add languages (HMR).
 
-from experts.registry import Registry
-from experts.training import add_language, train_all, train_baseline, train_expert
-
-__all__ = ["Registry", "add_language", "train_all", "train_baseline", "train_expert"]
+``experts.registry`` (reading and writing experts) and ``experts.training`` (the training loop)
+are imported separately, so inference code that reads the registry never loads training."""

@@ -132,13 +132,13 @@ def _same_routing(got: dict, want: dict) -> None:
     assert {k: v for k, v in got.items() if k != "experts"} == {k: v for k, v in want.items() if k != "experts"}
 
 
-@pytest.mark.parametrize("body", [{"router": "tfidf"}, {"router": "tfidf", "top_k": 1}, {"lang": "deu"},
-                                  {"router": "posterior", "top_k": 1}, {"router": "tfidf", "temperature": 2.0}])
+@pytest.mark.parametrize("body", [{"router": "tfidf"}, {"router": "tfidf", "experts": 1}, {"lang": "deu"},
+                                  {"router": "posterior", "experts": 1}, {"router": "tfidf", "temperature": 2.0}])
 def test_route_equals_xelm(server, run, reference, body):
     got = server.client.post("/route", json={"text": TEXTS, **body})
     assert got.status_code == 200, got.text
     model = XELM.from_run(run, temperature=body["temperature"]) if "temperature" in body else reference
-    want = model.route(TEXTS, body.get("router"), body.get("top_k"), body.get("lang"))
+    want = model.route(TEXTS, body.get("router"), body.get("experts"), body.get("lang"))
     assert len(got.json()["results"]) == len(TEXTS)
     for i, r in enumerate(got.json()["results"]):
         _same_routing(r, want.to_json(i))
@@ -146,7 +146,7 @@ def test_route_equals_xelm(server, run, reference, body):
 
 def test_score_embed_and_fill_mask_equal_xelm(server, reference):
     c = server.client
-    score = c.post("/score", json={"text": TEXTS, "top_k": 1}).json()["results"]
+    score = c.post("/score", json={"text": TEXTS, "experts": 1}).json()["results"]
     assert np.allclose([r["loss"] for r in score], reference.score(TEXTS, top_k=1), atol=1e-5)
     assert all(r["masked_tokens"] > 0 and r["experts"] for r in score)
 
@@ -196,8 +196,10 @@ def test_concurrent_requests_are_batched_with_the_answers_they_get_alone(server)
     ("/route", {"text": []}, 422, "no text"),
     ("/route", {}, 422, "text is required"),
     ("/route", {"text": "hi", "router": "magic"}, 422, "unknown router 'magic'"),
-    ("/route", {"text": "hi", "top_k": 9}, 422, "out of range"),
-    ("/route", {"text": "hi", "top_k": "2"}, 422, "top_k"),
+    ("/route", {"text": "hi", "experts": 9}, 422, "experts 9 is out of range"),
+    ("/route", {"text": "hi", "experts": "2"}, 422, "experts"),
+    ("/route", {"text": "hi", "top_k": 1}, 422, "keep the K best experts with experts"),
+    ("/fill-mask", {"text": "a <mask>", "top_k": 0}, 422, "top_k 0 is out of range"),
     ("/route", {"text": "hi", "colour": 1}, 422, "unknown field 'colour'"),
     ("/route", {"text": "hi", "lang": "xx"}, 422, "language code"),
     ("/route", {"text": "hi", "router": "posterior", "lang": "deu"}, 422, "use router language"),

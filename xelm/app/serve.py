@@ -24,7 +24,6 @@ from starlette.exceptions import HTTPException
 from routing import ROUTERS
 from routing.api import mask_context
 from routing.masking import check_texts
-from routing.routes import check_top_k
 from xelm.app.serve_engine import Engine, Job, Options, Overloaded, api_message
 from xelm.errors import XelmError
 from xelm.languages import to_iso3
@@ -46,17 +45,16 @@ class Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | list[str] = Field(description="one text, or a list of texts")
     router: str | None = Field(None, description=ROUTER_HELP)
-    top_k: StrictInt | None = Field(None, description="keep the K best experts (renormalised)")
-    lang: str | list[str] | None = Field(None, description="the texts' language (ISO 639-3), or one per text: "
-                                                           "the language router's input")
+    experts: StrictInt | None = Field(None, description="keep the K best experts per text (renormalised)")
+    lang: str | list[str] | None = Field(None, description="the texts' language (ISO 639-3 or 639-1), or one "
+                                                           "per text: the language router's input")
     temperature: float | None = Field(None, gt=0, le=1000, description="TF-IDF router temperature T in "
                                                                        "softmax(-d²/T) (default: the server's)")
 
 
 class FillMaskQuery(Query):
     text: str | list[str] = Field(description="text(s) with one or more <mask>")
-    top_k: StrictInt = Field(5, description="tokens to list per mask")
-    experts: StrictInt | None = Field(None, description="keep the K best experts (renormalised)")
+    top_k: StrictInt = Field(5, description="tokens to list per <mask> (as in transformers)")
 
 
 def _error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
@@ -71,6 +69,8 @@ def _validation_message(e: RequestValidationError) -> tuple[int, str]:
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
     if first["type"] == "missing":
         return 422, f"{where} is required"
+    if first["type"] == "extra_forbidden" and where == "top_k":
+        return 422, "top_k is the tokens listed per <mask> (fill-mask only): keep the K best experts with experts"
     if first["type"] == "extra_forbidden":
         return 422, f"unknown field {where!r}"
     return 422, f"{where}: {first['msg']}"
@@ -128,8 +128,10 @@ def create_app(engine: Engine, max_texts: int = MAX_TEXTS) -> FastAPI:
                 raise ApiError(422, f"unknown router {router!r}: choose one of {', '.join(ROUTERS)}")
             if q.lang is not None and router in ("posterior", "langid"):
                 raise ApiError(422, f"lang names the language itself: use router language with it, not {router}")
-            experts = getattr(q, "experts", None)
-            check_top_k(experts if kind == "fill-mask" else q.top_k, len(engine.served.model.names))
+            n = len(engine.served.model.names)
+            if q.experts is not None and not 1 <= q.experts <= n:
+                raise ApiError(422, f"experts {q.experts} is out of range: give a whole number from 1 to {n} "
+                                    "(the experts served)")
             if kind == "fill-mask":
                 for t in texts:
                     mask_context(t)
@@ -148,7 +150,7 @@ def create_app(engine: Engine, max_texts: int = MAX_TEXTS) -> FastAPI:
         if tokens > engine.max_batch_tokens:
             raise ApiError(413, f"the request has {tokens} tokens, more than the server's batch budget "
                                 f"({engine.max_batch_tokens}): split it")
-        options = Options(router, q.top_k, experts, q.temperature, langs is not None)
+        options = Options(router, getattr(q, "top_k", None), q.experts, q.temperature, langs is not None)
         job = Job(kind, options, texts, langs, tokens, asyncio.get_running_loop().create_future())
         try:
             future = engine.submit(job)

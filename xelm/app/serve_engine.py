@@ -51,8 +51,8 @@ def api_message(e: Exception) -> str:
 class Options:
     """What must match for jobs to share one XELM call."""
     router: str
-    top_k: int | None  # experts kept; fill-mask: candidates per mask
-    experts: int | None  # fill-mask only: experts kept
+    top_k: int | None  # fill-mask only: tokens listed per mask
+    experts: int | None  # experts kept per text
     temperature: float | None
     with_lang: bool
 
@@ -283,7 +283,7 @@ class Engine:
             routing = model.route([mask_context(t) for t in texts], o.router, o.experts, lang)
             per_text = [model.fill_mask(t, o.top_k, _row(routing, i)) for i, t in enumerate(texts)]
         else:
-            routing = model.route(texts, o.router, o.top_k, lang)
+            routing = model.route(texts, o.router, o.experts, lang)
             if kind == "route":
                 per_text = [routing.to_json(i) for i in range(len(texts))]
             elif kind == "score":

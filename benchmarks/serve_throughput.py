@@ -1,0 +1,140 @@
+"""Load generator for ``xelm serve``: 1, 8 and 32 concurrent clients sending single texts.
+
+Starts ``xelm serve --port 0`` on 127.0.0.1 (a real subprocess), waits for /ready, then for
+each concurrency sends the same texts (bounded in count and time), after an untimed warm-up
+round, and prints texts/s, p50 and p99 latency, and the ratio of the top concurrency's
+throughput to the same texts sent one at a time (concurrency 1)::
+
+    python benchmarks/serve_throughput.py --run-dir runs/demo [--endpoint score] [--requests 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"  # loopback only
+
+
+def texts_for(run_dir: Path, n: int) -> list[str]:
+    """``n`` single test-split sentences in the languages of the run's experts."""
+    from experts.registry import run_registry
+    from xelm.data import load_corpus
+
+    langs = sorted({lang for card in run_registry(run_dir).cards() for lang in card["languages"]})
+    test = load_corpus("udhr", languages=langs)["test"]
+    lines = [line.strip() for text in test["text"] for line in text.split("\n") if 20 <= len(line.strip()) <= 300]
+    rng = np.random.default_rng(0)
+    return [lines[i] for i in rng.choice(len(lines), size=min(n, len(lines)), replace=False)]
+
+
+def start_server(run_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "xelm", "serve", "--run-dir", str(run_dir), "--host", HOST,
+                             "--port", "0", *extra], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line}")
+    url = line.split("listening on ")[1].split()[0]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not get ready in 300 s")
+
+
+async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds: float) -> dict:
+    """``clients`` workers send one text per request until the texts or the time run out."""
+    latencies, failures, next_text = [], 0, 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient):
+        nonlocal next_text, failures
+        while next_text < len(texts) and time.perf_counter() < deadline:
+            text = texts[next_text]
+            next_text += 1
+            t0 = time.perf_counter()
+            r = await client.post(endpoint, json={"text": text})
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                failures += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies)
+    return {"clients": clients, "texts": len(lat), "failed": failures, "seconds": round(wall, 3),
+            "texts_per_s": round(len(lat) / wall, 2), "p50_ms": round(1000 * float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(1000 * float(np.percentile(lat, 99)), 1)}
+
+
+def batch_sizes(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {s.name: s.value for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+               for s in f.samples if s.name.startswith("xelm_batch_texts")}
+    return samples.get("xelm_batch_texts_sum", 0.0), samples.get("xelm_batch_texts_count", 0.0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--endpoint", default="score", choices=["route", "score", "embed", "fill-mask"])
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
+    p.add_argument("--requests", type=int, default=256, help="texts per concurrency (default 256)")
+    p.add_argument("--seconds", type=float, default=60, help="time limit per concurrency (default 60)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("server_args", nargs="*", help="extra `xelm serve` arguments, after --")
+    args = p.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    texts = texts_for(args.run_dir, args.requests)
+    if args.endpoint == "fill-mask":
+        texts = [" ".join(t.split()[:3] + ["<mask>"] + t.split()[4:]) for t in texts if len(t.split()) > 4]
+    proc, url = start_server(args.run_dir, args.server_args)
+    rows = []
+    try:
+        for clients in levels:
+            asyncio.run(load(url, f"/{args.endpoint}", texts[:max(2 * clients, 16)], clients, args.seconds))  # warm
+            s0, n0 = batch_sizes(url)
+            row = asyncio.run(load(url, f"/{args.endpoint}", texts, clients, args.seconds))
+            s1, n1 = batch_sizes(url)
+            row["mean_batch_texts"] = round((s1 - s0) / max(n1 - n0, 1), 2)
+            rows.append(row)
+            if not args.json:
+                print(f"{clients:>3} clients: {row['texts_per_s']:>8.1f} texts/s   p50 {row['p50_ms']:>7.1f} ms   "
+                      f"p99 {row['p99_ms']:>7.1f} ms   mean batch {row['mean_batch_texts']:>5.1f} texts   "
+                      f"({row['texts']} texts, {row['failed']} failed, {row['seconds']} s)", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    one = next((r for r in rows if r["clients"] == 1), None)
+    ratio = round(rows[-1]["texts_per_s"] / one["texts_per_s"], 2) if one else None
+    summary = {"endpoint": args.endpoint, "run_dir": str(args.run_dir), "cpus": os.cpu_count(), "levels": rows,
+               f"throughput_ratio_{rows[-1]['clients']}_vs_1": ratio}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif ratio is not None:
+        print(f"{rows[-1]['clients']} clients vs one at a time: {ratio:.2f}x the throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -207,6 +207,7 @@ def test_a_failed_first_command_does_not_poison_a_new_run(tmp_path, tiny_overrid
                      "data.languages=[zzz]")
     assert rc == 2
     one_line_error(err, "zzz")
+    assert not new.exists()  # validated before the run directory was created
     RunDir(new).prepare(load_config(TINY_CONFIG, tiny_overrides))  # the corrected command's config
     assert RunDir(new).config() == load_config(TINY_CONFIG, tiny_overrides)
     for bad in ("train.lr=.nan", "model.local_window=-4", "train.steps.x=1", "data.seq_len=600"):

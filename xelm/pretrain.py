@@ -6,6 +6,7 @@ from pathlib import Path
 
 from xelm.batches import TokenizedCorpus
 from xelm.config import RunConfig
+from xelm.curriculum import stage_languages
 from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.files import write_json
@@ -39,15 +40,20 @@ def ensure_tokenizer(cfg: RunConfig, run: RunDir, corpus, progress: bool = True)
 
 def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run's base encoder; returns a summary that is also saved."""
-    run = RunDir(run_dir).prepare(cfg)
-    if run.base_summary_file.exists() and run.has_base():
+    run = RunDir(run_dir)
+    if run.is_run() and run.base_summary_file.exists() and run.has_base():
+        run.prepare(cfg)  # the same config, or a clear refusal
         summary = run.base_summary()
         if summary.get("complete"):
             summary.pop("tokens_by_lang", None)
             return {**summary, "skipped": True}
+    # Everything the config names is checked before the run directory is created.
     full = load_corpus(cfg.data.corpus)
     langs = training_languages(cfg, sorted(set(full["train"]["lang"])))
     corpus = load_corpus(cfg.data.corpus, languages=langs)
+    for stage in cfg.curriculum:
+        stage_languages(stage, langs)
+    run.prepare(cfg)
     tok = ensure_tokenizer(cfg, run, corpus, progress)
     train_split = corpus["train"]
     tokenized = TokenizedCorpus.from_texts(tok, train_split["lang"], train_split["text"])

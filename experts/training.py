@@ -14,7 +14,7 @@ from experts.plan_integrity import check_dense_matches, check_experts_match_plan
 from experts.registry import check_name, run_registry
 from experts.typology import nearest_expert, typology_centroid
 from xelm.batches import VALIDATION_SEED, TokenizedCorpus, make_batch
-from xelm.config import RunConfig, Stage, to_dict
+from xelm.config import MAX_STEPS, RunConfig, Stage, to_dict
 from xelm.curriculum import stage_index, stage_probabilities
 from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
@@ -45,6 +45,9 @@ def budget_config(cfg: RunConfig, languages: list[str], tokens: int) -> RunConfi
     tokens = check_tokens(tokens)
     ec, per_step = cfg.experts, cfg.data.batch_size * cfg.data.seq_len
     steps = math.ceil(tokens / per_step)
+    if steps > MAX_STEPS:
+        raise XelmError(f"--tokens {tokens:,} is {steps:,} steps of {per_step:,} tokens, over {MAX_STEPS:,}: "
+                        "give a budget that ends")
     stages = (Stage("expert", 1.0 - ec.decay_fraction, tuple(languages), ec.mask_ratio, ec.temperature),
               Stage("expert-decay", 1.0, tuple(languages), ec.mask_ratio, ec.temperature))
     tc = dataclasses.replace(cfg.train, steps=steps, lr=ec.lr, warmup_steps=round(ec.warmup_fraction * steps),

@@ -5,8 +5,8 @@ The space is fitted on the experts' training text, one document per language, an
 is as far from a text as its nearest language: an expert is the set of its languages'
 centroids, so this works whatever clustering made the experts (typology, TF-IDF, model
 geometry, HMR additions). One mean centroid per expert (c-BTM's k-means centroid) blurs a
-typology cluster of a hundred languages and several scripts: on the demo run's test split it
-puts 89.2% of texts on their language's expert, the nearest language 98.1%.
+typology cluster of a hundred languages and several scripts; the nearest language was chosen
+over it on the validation split (``benchmarks/router_choices.py``; figures in the README).
 """
 
 from __future__ import annotations

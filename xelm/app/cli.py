@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xelm import __version__
 from xelm.errors import XelmError
+from xelm.faults import clean_temporaries, describe_os_error, device_error, quiet_library_threads
 
 ROUTER_HELP = "language (needs --lang) | tfidf | posterior | langid; default: language with --lang, else tfidf"
 
@@ -283,46 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def quiet_library_threads() -> None:
-    """A failing write in a library's worker threads (Orbax) is reported once, by us, in one
-    line: their tracebacks and error logs are for ``--debug``."""
-    import logging
-    import threading
-
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
-    threading.excepthook = lambda hook_args: None
-    sys.stderr = MainThreadOnly(sys.stderr)  # native threads (TensorStore's callbacks) print there
-
-
-class MainThreadOnly:
-    """A stream that passes on what the main thread writes and drops what other threads write."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            return self._stream.write(text)
-        return len(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
 def _fail(args, message: str) -> int:
     """The one error line; temporary files this process left in its folders are removed first."""
-    from xelm.files import clean_temporaries
-
     clean_temporaries(*(getattr(args, k, None) for k in ("run_dir", "registry", "out")))
     print("xelm: error: " + " ".join(message.split()), file=sys.stderr)  # one line, always
     return 2
 
 
 def _run(args) -> int:
-    from xelm.files import describe_os_error, device_error
-
     try:
         return dispatch(args)
     except XelmError as e:

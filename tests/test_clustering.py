@@ -381,3 +381,18 @@ def test_by_script_never_mixes_scripts_when_k_allows():
     assert forced["mixed_scripts"]
     with pytest.raises(XelmError, match="by-script"):
         build_plan(langs, "udhr", "tfidf", 4, by_script=True)
+
+
+def test_cli_takes_families_and_two_letter_codes(capsys):
+    assert _run(["cluster", "--languages", "fr,es,ru,uk", "--k", "2", "--json"]) == 0
+    out = capsys.readouterr()
+    plan_ = json.loads(out.out)
+    assert sorted(sum(plan_["clusters"].values(), [])) == ["fra", "rus", "spa", "ukr"]
+    assert "fr -> fra" in out.err
+    assert _run(["cluster", "--family", "Slavic", "--k", "2", "--json"]) == 0
+    out = capsys.readouterr()
+    members = sum(json.loads(out.out)["clusters"].values(), [])
+    assert {"rus", "pol", "ces"} <= set(members) and "fra" not in members
+    assert "family Slavic" in out.err
+    with pytest.raises(XelmError, match="nearest: Romance"):
+        _run(["cluster", "--family", "Romanse", "--k", "2"])

@@ -77,10 +77,12 @@ def _cluster(sub) -> None:
               "group languages for experts by typology, TF-IDF or the model's geometry",
               description="Write a cluster plan {method, k, clusters: {name: [iso, ...]}, fallbacks, ...}. "
                           "Languages come from --languages, --corpus, or the run directory's config.")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--languages", help="comma-separated ISO 639-3 codes, e.g. fra,spa,rus "
-                                            "(texts, when needed, from the embedded UDHR)")
-    source.add_argument("--corpus", help="udhr, a directory, or hf:NAME: every language of its train split")
+    p.add_argument("--languages", help="comma-separated language codes (ISO 639-3, 639-1 or BCP-47), e.g. "
+                                       "fra,spa,rus (texts, when needed, from --corpus, default the embedded UDHR)")
+    p.add_argument("--family", metavar="NAME", help="the corpus languages of a family or branch (URIEL/Glottolog), "
+                                                    "e.g. Romance or Bantu; comma-separate several")
+    p.add_argument("--corpus", help="udhr, a directory, or hf:NAME: every language of its train split "
+                                    "(or of --languages/--family)")
     p.add_argument("--run-dir", type=Path, help="write DIR/clusters.json with plots beside it; languages "
                                                 "from DIR/config.yaml unless --languages/--corpus is given")
     p.add_argument("--method", choices=("typology", "tfidf", "model"), default="typology")

@@ -6,6 +6,7 @@ from clustering.build import build_plan, cached_corpus, needs_texts
 from clustering.planning import write_plan
 from experts.registry import run_registry
 from xelm.app.console import print_json
+from xelm.app.langargs import resolve_languages
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -57,8 +58,10 @@ def _check_plan_is_free(run: RunDir) -> None:
 
 def _languages_and_corpus(args) -> tuple[list[str], str, list[str]]:
     """Languages to cluster, the corpus their texts come from, and those the run holds out."""
-    if args.languages is not None:
-        return [c.strip() for c in args.languages.split(",") if c.strip()], "udhr", []
+    if args.languages is not None or args.family is not None:
+        corpus = args.corpus or "udhr"
+        available = set(cached_corpus(corpus)["train"]["lang"]) if args.family else None
+        return resolve_languages(args.languages, args.family, available, corpus), corpus, []
     if args.corpus is None and args.run_dir is None:
         raise XelmError("say which languages to cluster: --languages iso,iso,..., --corpus SPEC or --run-dir DIR")
     held_out: list[str] = []

@@ -2,7 +2,8 @@
 
 Starts ``xelm serve --port 0`` on 127.0.0.1 (a real subprocess), waits for /ready, then for
 each concurrency sends the same texts (bounded in count and time), after an untimed warm-up
-round, and prints texts/s, p50 and p99 latency, and the ratio of the top concurrency's
+pass over the same texts at every concurrency (it compiles the batch shapes they make:
+steady state, not cold start), and prints texts/s, p50 and p99 latency, and the ratio of the top concurrency's
 throughput to the same texts sent one at a time (concurrency 1)::
 
     python benchmarks/serve_throughput.py --run-dir runs/demo [--endpoint score] [--requests 256]
@@ -112,8 +113,9 @@ def main() -> None:
     proc, url = start_server(args.run_dir, args.server_args)
     rows = []
     try:
+        for clients in levels:  # warm: every concurrency once, so the batch shapes they make are compiled
+            asyncio.run(load(url, f"/{args.endpoint}", texts, clients, args.seconds))
         for clients in levels:
-            asyncio.run(load(url, f"/{args.endpoint}", texts[:max(2 * clients, 16)], clients, args.seconds))  # warm
             s0, n0 = batch_sizes(url)
             row = asyncio.run(load(url, f"/{args.endpoint}", texts, clients, args.seconds))
             s1, n1 = batch_sizes(url)

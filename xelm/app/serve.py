@@ -15,7 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -57,6 +57,38 @@ class FillMaskQuery(Query):
     top_k: StrictInt = Field(5, description="tokens to list per <mask> (as in transformers)")
 
 
+class Observe:
+    """Count and time every request; read POST bodies as JSON whatever their content type says
+    (`curl -d` sends a form type). Plain ASGI: Starlette's BaseHTTPMiddleware costs more per request."""
+
+    def __init__(self, app, metrics, on_answer):
+        self.app, self.metrics, self.on_answer = app, metrics, on_answer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        if scope["method"] == "POST":
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
+                (b"content-type", b"application/json")]
+        status, t0 = 500, time.perf_counter()
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self.on_answer()
+
+
 def _error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse({"error": message}, status, headers=headers)
@@ -67,6 +99,8 @@ def _validation_message(e: RequestValidationError) -> tuple[int, str]:
     if first["type"] == "json_invalid":
         return 400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}"
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    if where == "body" and first["type"] != "missing":
+        return 422, 'the body must be a JSON object such as {"text": "..."}'
     if first["type"] == "missing":
         return 422, f"{where} is required"
     if first["type"] == "extra_forbidden" and where == "top_k":
@@ -101,19 +135,8 @@ def create_app(engine: Engine, max_texts: int = MAX_TEXTS) -> FastAPI:
     async def _api(request, e):
         return _error(e.status, e.message, e.retry_after)
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
-        t0 = time.perf_counter()
-        metrics.in_flight.inc()
-        try:
-            response = await call_next(request)
-        finally:
-            metrics.in_flight.dec()
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        app.state.answered += 1
-        return response
+    app.add_middleware(Observe, metrics=metrics, on_answer=lambda: setattr(app.state, "answered",
+                                                                          app.state.answered + 1))
 
     async def answer(kind: str, q: Query) -> tuple[list, str]:
         """Per text of ``q``, its answer; and the registry fingerprint that answered."""

@@ -18,7 +18,7 @@ from routing.posterior import held_out_loglik
 from routing.scoring import every_token_table
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.cli import main
-from xelm.app.evaluate import SCORE_MASK_RATIO
+from xelm.app.evaluate import SCORE_MASK_RATIO, evaluate
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -114,7 +114,8 @@ def test_a_run_with_experts_keeps_its_plan(tiny_expert_run, tmp_path, capsys):
     first, second = list(plan["clusters"])
     plan["clusters"][second].append(plan["clusters"][first].pop())
     plan_file.write_text(json.dumps(plan))
-    for stage in (lambda: train_all(run, progress=False), lambda: train_baseline(run, progress=False)):
+    for stage in (lambda: train_all(run, progress=False), lambda: train_baseline(run, progress=False),
+                  lambda: evaluate(run, progress=False)):
         with pytest.raises(XelmError, match="do not belong"):
             stage()
     assert not (run / "baseline" / "model").exists()

@@ -106,7 +106,7 @@ def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path
         slope, icept = np.polyfit(xs, ys, 1)
         grid = np.linspace(min(xs), max(xs), 10)
         ax.plot(grid, slope * grid + icept, color="C1", label=f"slope {slope:.2f}")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.set_xlabel("typological distance from the rest of its cluster")
     ax.set_ylabel(SIGN)
     ax.set_title("Improvement against typological distance")
@@ -154,7 +154,7 @@ def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
                    label="guessing (most common article)")
     ax.set_ylabel("zero-shot article classification accuracy")
     ax.set_title("Cross-lingual transfer from English, by language family")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,7 +3,8 @@
 Times the compiled train step after warm-up on packed random batches and prints tokens/s,
 model FLOPs per token and utilization against this machine's measured matmul peak.
 ``--compare-torch`` runs HF transformers' ModernBertForMaskedLM (PyTorch, CPU) on the same
-shapes at its fastest setting (sparse_prediction=True) and prints the ratio.
+shapes at its fastest setting (sparse_prediction=True), in rounds interleaved with xelm's (a
+shared machine's busy spells hit both), and prints the ratio of the medians and of each round.
 
     python benchmarks/train_throughput.py --vocab 16384 --hidden 256 --layers 4 --heads 4 \
         --ffn 512 --seq 128 --batch 32 --compare-torch
@@ -57,23 +58,26 @@ def random_batch(rng, cfg: ModelConfig, batch: int, seq: int, mask_ratio: float)
     return MLMBatch(inputs, seg, pos, mpos, labels, weights)
 
 
-def bench_xelm(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, steps: int) -> float:
+def xelm_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
+    """A function that runs one compiled xelm train step (warmed up) and waits for it."""
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     tc = TrainConfig(steps=10_000, warmup_steps=10)
     stages = (Stage("all", 1.0, "all", mask_ratio, 0.5),)
     trainer = Trainer.create(model, make_optimizer(model, tc, wsd_schedule(tc, stages)), data_mesh())
     rng = np.random.default_rng(0)
     batches = [random_batch(rng, cfg, batch, seq, mask_ratio) for _ in range(4)]
-    for b in batches[:2]:
-        jax.block_until_ready(trainer.step(b))
-    t = time.perf_counter()
-    for i in range(steps):
-        m = trainer.step(batches[i % 4])
-    jax.block_until_ready(m)
-    return batch * seq * steps / (time.perf_counter() - t)
+    count = iter(range(10**9))
+
+    def step(n: int):
+        for _ in range(n):
+            m = trainer.step(batches[next(count) % 4])
+        jax.block_until_ready(m)
+    step(2)
+    return step
 
 
-def bench_torch(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, steps: int) -> float:
+def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
+    """The same for HF transformers' ModernBertForMaskedLM (PyTorch, sparse prediction)."""
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
@@ -93,17 +97,19 @@ def bench_torch(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, steps
     ids = ids.masked_fill(masked, 4)
     attn = torch.ones_like(ids)
 
-    def step():
-        opt.zero_grad()
-        model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
-        opt.step()
+    def step(n: int):
+        for _ in range(n):
+            opt.zero_grad()
+            model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+            opt.step()
+    step(2)
+    return step
 
-    for _ in range(2):
-        step()
+
+def tokens_per_s(step, n: int, tokens: int) -> float:
     t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * seq * steps / (time.perf_counter() - t)
+    step(n)
+    return n * tokens / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -117,21 +123,32 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--mask-ratio", type=float, default=0.3)
     ap.add_argument("--local-window", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--compare-torch", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
                       max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
-    tps = bench_xelm(cfg, a.batch, a.seq, a.mask_ratio, a.steps)
+    tokens = a.batch * a.seq
+    steps = {"xelm": xelm_step(cfg, a.batch, a.seq, a.mask_ratio)}
+    if a.compare_torch:
+        steps["torch"] = torch_step(cfg, a.batch, a.seq, a.mask_ratio)
+    rounds: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(a.rounds):  # interleaved, so a busy spell on a shared machine hits both sides
+        for k, step in steps.items():
+            rounds[k].append(tokens_per_s(step, a.steps, tokens))
+    tps = float(np.median(rounds["xelm"]))
     fpt = flops_per_token(cfg, a.seq, a.mask_ratio)
     peak = matmul_peak(dtype=compute_dtype(cfg))
     out = {"tokens_per_s": tps, "flops_per_token": fpt, "flops_utilization": tps * fpt / peak,
-           "matmul_peak_flops": peak, "backend": jax.default_backend(), "devices": jax.device_count()}
+           "matmul_peak_flops": peak, "backend": jax.default_backend(), "devices": jax.device_count(),
+           "rounds": rounds}
     if a.compare_torch:
-        out["torch_tokens_per_s"] = bench_torch(cfg, a.batch, a.seq, a.mask_ratio, max(5, a.steps // 2))
+        out["torch_tokens_per_s"] = float(np.median(rounds["torch"]))
         out["ratio_vs_torch"] = tps / out["torch_tokens_per_s"]
+        out["round_ratios"] = [x / t for x, t in zip(rounds["xelm"], rounds["torch"])]
     if a.json:
         print(json.dumps(out))
         return
@@ -145,6 +162,8 @@ def main() -> None:
     print(f"{'model FLOPs/token':28}{fpt / 1e6:>13.2f}M")
     print(f"{'matmul peak (measured)':28}{peak / 1e9:>12.1f} GFLOP/s")
     print(f"{'FLOP utilization':28}{out['flops_utilization']:>14.1%}")
+    if a.compare_torch:
+        print(f"{'ratio per round':28}" + " ".join(f"{r:.2f}" for r in out["round_ratios"]))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,15 @@ def rope(x_BxSxNxH, positions_BxS, theta: float):
 
 
 def attend(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS):
-    """Softmax attention with a boolean mask, as plain einsums (faster than
-    ``jax.nn.dot_product_attention`` on CPU, and XLA fuses it on accelerators)."""
+    """Softmax attention with a boolean mask: cuDNN's fused kernel on a GPU in half precision
+    (chosen at trace time, by backend and dtype), else plain einsums (faster than
+    ``jax.nn.dot_product_attention`` on CPU)."""
+    if jax.default_backend() == "gpu" and q_BxSxNxH.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1xSxS,
+                                                implementation="cudnn")
+        except (ValueError, NotImplementedError):  # a shape or mask cuDNN does not take
+            pass
     scale = q_BxSxNxH.shape[-1] ** -0.5
     s_BxNxSxS = jnp.einsum("bqnh,bknh->bnqk", q_BxSxNxH * scale, k_BxSxNxH).astype(jnp.float32)
     s_BxNxSxS = jnp.where(mask_Bx1xSxS, s_BxNxSxS, jnp.finfo(jnp.float32).min)
@@ -57,6 +64,46 @@ def attention_mask(segment_ids_BxS, positions_BxS, window: int | None):
     return same_BxSxS[:, None]
 
 
+@jax.custom_vjp
+def tied_head_xent(h_NxD, table_VxD, bias_V, labels_N):
+    """Per row: the cross-entropy of ``h @ table.T + bias`` against ``labels`` [N], and 1.0 where
+    the label is the top token. Its gradient is (softmax - onehot) in one fused pass (autodiff of
+    log_softmax + take_along_axis stores the softmax and builds a [N, V] one-hot instead), and
+    the bias rides in the matmuls as an extra column (no separate pass over [N, V] for it)."""
+    nll_N, correct_N, _, _ = _xent(h_NxD, table_VxD, bias_V, labels_N)
+    return nll_N, correct_N
+
+
+def _with_ones(x_NxD):
+    return jnp.concatenate([x_NxD, jnp.ones((x_NxD.shape[0], 1), x_NxD.dtype)], axis=1)
+
+
+def _xent(h_NxD, table_VxD, bias_V, labels_N):
+    table_Vx1D = jnp.concatenate([table_VxD, bias_V[:, None].astype(table_VxD.dtype)], axis=1)
+    logits_NxV = jnp.dot(_with_ones(h_NxD), table_Vx1D.T, preferred_element_type=jnp.float32)
+    max_N = logits_NxV.max(-1)
+    lse_N = max_N + jnp.log(jnp.exp(logits_NxV - max_N[:, None]).sum(-1))
+    label_logit_N = jnp.take_along_axis(logits_NxV, labels_N[:, None], axis=-1)[:, 0]
+    return lse_N - label_logit_N, (label_logit_N >= max_N).astype(jnp.float32), logits_NxV, lse_N
+
+
+def _xent_fwd(h_NxD, table_VxD, bias_V, labels_N):
+    nll_N, correct_N, logits_NxV, lse_N = _xent(h_NxD, table_VxD, bias_V, labels_N)
+    return (nll_N, correct_N), (h_NxD, table_VxD, logits_NxV, lse_N, labels_N)
+
+
+def _xent_bwd(res, g):
+    h_NxD, table_VxD, logits_NxV, lse_N, labels_N = res
+    onehot_NxV = labels_N[:, None] == jnp.arange(logits_NxV.shape[1])[None, :]
+    dlogits_NxV = ((jnp.exp(logits_NxV - lse_N[:, None]) - onehot_NxV) * g[0][:, None]).astype(h_NxD.dtype)
+    dh_NxD = jnp.dot(dlogits_NxV, table_VxD, preferred_element_type=jnp.float32).astype(h_NxD.dtype)
+    dtable_Vx1D = jnp.dot(dlogits_NxV.T, _with_ones(h_NxD), preferred_element_type=jnp.float32)
+    return dh_NxD, dtable_Vx1D[:, :-1].astype(table_VxD.dtype), dtable_Vx1D[:, -1], None
+
+
+tied_head_xent.defvjp(_xent_fwd, _xent_bwd)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
         d, init = cfg.hidden, nnx.initializers.normal(cfg.init_std)
@@ -67,9 +114,17 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxSxD, mask_Bx1xSxS, positions_BxS):
         cfg = self.cfg
-        b, s, _ = x_BxSxD.shape
-        qkv = self.qkv(x_BxSxD).reshape(b, s, 3, cfg.heads, cfg.hidden // cfg.heads)
-        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        b, s, d = x_BxSxD.shape
+        # Three matmuls on slices of the fused kernel, not one whose [.., 3, N, H] output is split:
+        # the split's backward (a concatenation) makes XLA copy the whole gradient transposed.
+        kernel_Dx3D = self.qkv.kernel[...].astype(x_BxSxD.dtype)
+
+        def project(i):
+            y_BxSxD = x_BxSxD @ kernel_Dx3D[:, i * d:(i + 1) * d]
+            if self.qkv.bias is not None:
+                y_BxSxD = y_BxSxD + self.qkv.bias[...][i * d:(i + 1) * d].astype(y_BxSxD.dtype)
+            return y_BxSxD.reshape(b, s, cfg.heads, d // cfg.heads)
+        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = project(0), project(1), project(2)
         if cfg.rope:
             theta = cfg.rope_theta if self.is_global else cfg.rope_theta_local
             q_BxSxNxH, k_BxSxNxH = rope(q_BxSxNxH, positions_BxS, theta), rope(k_BxSxNxH, positions_BxS, theta)
@@ -168,11 +223,27 @@ class Encoder(nnx.Module):
             logits = logits + self.decoder_bias[...]
         return logits.astype(jnp.float32)
 
+    def masked_hidden(self, batch: MLMBatch):
+        """[B, K, D] final hidden states at the batch's masked positions."""
+        hidden_BxSxD = self(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS)
+        return jnp.take_along_axis(hidden_BxSxD, batch.mask_positions_BxK[..., None], axis=1)
+
     def masked_logits(self, batch: MLMBatch):
         """[B, K, V] logits at the batch's masked positions: the head runs on those states only."""
-        hidden_BxSxD = self(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS)
-        picked_BxKxD = jnp.take_along_axis(hidden_BxSxD, batch.mask_positions_BxK[..., None], axis=1)
-        return self.mlm_logits(picked_BxKxD)
+        return self.mlm_logits(self.masked_hidden(batch))
+
+    def masked_xent(self, batch: MLMBatch):
+        """([B, K] cross-entropy, [B, K] 1.0 where the top token is the label) at the masked
+        positions, through :func:`tied_head_xent` (what training differentiates)."""
+        x_BxKxD = self.masked_hidden(batch)
+        h_BxKxD = self.head_norm(_activation(self.cfg.activation)(self.head_dense(x_BxKxD)))
+        b, k, d = h_BxKxD.shape
+        table_VxD = self.embed.embedding[...].astype(h_BxKxD.dtype)
+        bias_V = (jnp.zeros((self.cfg.vocab_size,), jnp.float32) if self.decoder_bias is None
+                  else self.decoder_bias[...].astype(jnp.float32))
+        nll_N, correct_N = tied_head_xent(h_BxKxD.reshape(b * k, d), table_VxD, bias_V,
+                                          batch.mask_labels_BxK.reshape(b * k))
+        return nll_N.reshape(b, k), correct_N.reshape(b, k)
 
     def mean_pool(self, batch: MLMBatch):
         """[B, D] mean of the final hidden states over each row's tokens (padding left out)."""
@@ -183,13 +254,11 @@ class Encoder(nnx.Module):
 
 def mlm_loss(model: Encoder, batch: MLMBatch):
     """Mean cross-entropy over the batch's masked positions (weighted by ``mask_weights``)."""
-    logits_BxKxV = model.masked_logits(batch)
-    logp = jax.nn.log_softmax(logits_BxKxV, axis=-1)
-    nll_BxK = -jnp.take_along_axis(logp, batch.mask_labels_BxK[..., None], axis=-1)[..., 0]
+    nll_BxK, correct_BxK = model.masked_xent(batch)
     w_BxK = batch.mask_weights_BxK
     n = jnp.maximum(w_BxK.sum(), 1.0)
     loss = (nll_BxK * w_BxK).sum() / n
-    acc = ((logits_BxKxV.argmax(-1) == batch.mask_labels_BxK) * w_BxK).sum() / n
+    acc = (correct_BxK * w_BxK).sum() / n
     return loss, {"accuracy": acc, "masked": w_BxK.sum()}
 
 

@@ -4,6 +4,7 @@ the mmBERT curriculum, Orbax checkpoints with exact resume, JSONL metrics and a 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,12 +136,13 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
         step, tokens, by_lang = meta["step"], meta["tokens"], meta["tokens_by_lang"]
         window = list(meta.get("metrics_window", []))
     metrics_path = out_dir / "metrics.jsonl"
-    rows = _truncate_metrics(metrics_path, step)
+    main = jax.process_index() == 0  # with several processes (multi-host), process 0 writes the log
+    rows = _truncate_metrics(metrics_path, step, write=main)
     end = min(tc.steps, max_steps) if max_steps is not None else tc.steps
     loss = rows[-1]["loss"] if rows else float("nan")  # a run resumed at its end keeps its loss
     bar = tqdm(total=end, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     t_last, tokens_last = time.perf_counter(), tokens
-    with open(metrics_path, "a") as log:
+    with open(metrics_path if main else os.devnull, "a") as log:
         while step < end:
             si = stage_index(step, stages, tc.steps)
             stage, probs = stages[si], stage_probs[si]
@@ -182,7 +184,8 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
     bar.close()
     ckpt.wait()
     ckpt.close()
-    plot_loss(metrics_path, out_dir / "loss.png")
+    if main:
+        plot_loss(metrics_path, out_dir / "loss.png")
     return TrainResult(step, loss, tokens, by_lang, resumed, trainer.model())
 
 
@@ -197,7 +200,7 @@ def _checked(window: list[dict], step: int) -> list[dict]:
     return window
 
 
-def _truncate_metrics(path: Path, step: int) -> list[dict]:
+def _truncate_metrics(path: Path, step: int, write: bool = True) -> list[dict]:
     """Drop rows logged after the checkpoint we resume from (and a last line a kill cut short),
     so the log matches the state; rewritten atomically, so a second kill loses nothing."""
     if not path.exists():
@@ -210,9 +213,10 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
             continue
         if row["step"] <= step:
             keep.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    tmp.replace(path)
+    if write:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(path)
     return keep
 
 

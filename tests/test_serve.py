@@ -8,7 +8,6 @@ registry run last."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -13,7 +13,6 @@ import signal
 import socket
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -243,7 +242,8 @@ def listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(infos[0][4])
     except OSError as e:
-        raise XelmError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --host or --port") from None
+        raise XelmError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --host or --port") \
+            from None
     return sock
 
 

@@ -24,6 +24,11 @@ def _fmt(x, pct: bool = False) -> str:
     return f"{x:.1%}" if pct else f"{x:.3f}"
 
 
+def _delta(x) -> str:
+    """A difference, always signed (negative: X-ELM better)."""
+    return "–" if x is None else f"{x:+.3f}"
+
+
 def distance_from_cluster(metrics: dict) -> dict[str, float]:
     """Each language's mean typological distance to the other languages of its cluster."""
     clusters = defaultdict(list)
@@ -193,7 +198,7 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
     worst = min(s["by_cluster"].items(), key=lambda kv: kv[1]["improved_fraction"] or 0, default=None)
     if worst:
         out.append(f"Weakest cluster: {worst[0]} (X-ELM better on {worst[1]['improved_fraction']:.0%} of its "
-                   f"{worst[1]['languages']} languages, mean Δ {_fmt(worst[1]['mean_delta_loss'])}).")
+                   f"{worst[1]['languages']} languages, mean Δ {_delta(worst[1]['mean_delta_loss'])}).")
     pairs = [(d, langs[lang][head] - langs[lang]["dense"]) for lang, d in distance.items()
              if langs[lang].get("dense") is not None and langs[lang].get(head) is not None]
     if len(pairs) > 2:
@@ -225,6 +230,13 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
     return out
 
 
+def _by_reason(reasons: dict[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for lang, reason in reasons.items():
+        out[reason].append(lang)
+    return out
+
+
 def write_report(run_dir: str | Path, metrics: dict) -> Path:
     out = RunDir(run_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -241,8 +253,8 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         return ["| group | languages | significant wins | significant losses | Δ < 0 | mean Δ [95%] |",
                 "|---|---|---|---|---|---|",
                 *[f"| {k} | {v['languages']} | {v['significant_wins']} | {v['significant_losses']} | "
-                  f"{_fmt(v['improved_fraction'], True)} | {_fmt(v['mean_delta_loss'])} "
-                  f"[{_fmt(v['mean_delta_ci'][0])}, {_fmt(v['mean_delta_ci'][1])}] |"
+                  f"{_fmt(v['improved_fraction'], True)} | {_delta(v['mean_delta_loss'])} "
+                  f"[{_delta(v['mean_delta_ci'][0])}, {_delta(v['mean_delta_ci'][1])}] |"
                   for k, v in groups.items() if v["languages"]]]
 
     lines = [
@@ -255,7 +267,7 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         f"- Compute: dense {c['dense_tokens']:,} tokens vs experts {c['experts_total']:,} in total, both on top "
         f"of the base's {c['base_tokens']:,}; {c['why']}.",
         f"- Second fixed line, c-BTM soft mixture ({metrics['headline']['soft_mixture']}): mean Δ "
-        f"{_fmt(s['soft_mixture']['mean_delta_loss'])}, {s['soft_mixture']['significant_wins']} significant wins, "
+        f"{_delta(s['soft_mixture']['mean_delta_loss'])}, {s['soft_mixture']['significant_wins']} significant wins, "
         f"{s['soft_mixture']['significant_losses']} significant losses.", "",
         "## What the numbers say", "", *[f"- {line}" for line in findings(metrics, distance)], "",
         "## Mean loss by model", "", "| model | mean loss |", "|---|---|",
@@ -277,7 +289,7 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         "## Coverage", "",
         f"{cov['planned']} languages in the plan, {cov['scored']} of them scored.",
         *([f"- no test text: {', '.join(cov['no_test_text'])}"] if cov["no_test_text"] else []),
-        *[f"- {lang}: {reason}" for lang, reason in cov["not_in_plan"].items()], "",
+        *[f"- {reason}: {', '.join(langs)}" for reason, langs in _by_reason(cov["not_in_plan"]).items()], "",
     ]
     t = metrics["transfer"]
     if "dense" in t:

@@ -18,7 +18,8 @@ from routing.posterior import held_out_loglik
 from routing.scoring import every_token_table
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.cli import main
-from xelm.app.evaluate import SCORE_MASK_RATIO, evaluate
+from xelm.app.evaluate import SCORE_MASK_RATIO, _compute, evaluate
+from xelm.app.report import headline_sentence
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -96,6 +97,20 @@ def test_dense_baseline_replays_the_experts_batches(tiny_expert_run, tmp_path):
     assert summary["tokens_by_lang"] == experts
     assert summary["tokens_trained"] == sum(c["tokens_trained"] for c in cards)
     assert summary["config"]["steps"] == sum(c["config"]["steps"] for c in cards)
+    assert _compute(RunDir(run), cards)["equal"]
+
+    # One language's tokens moved to another (same total): no equal-compute claim, said once.
+    lang, other = sorted(summary["tokens_by_lang"])[:2]
+    moved = {**summary["tokens_by_lang"], lang: summary["tokens_by_lang"][lang] - 1,
+             other: summary["tokens_by_lang"][other] + 1}
+    RunDir(run).dense_summary_file.write_text(json.dumps({**summary, "tokens_by_lang": moved}))
+    compute = _compute(RunDir(run), cards)
+    assert not compute["equal"] and compute["languages_differing"] == [lang, other]
+    metrics = {"summary": {"languages": 1, "equal_compute": compute["equal"], "mean_delta_ci": [-0.1, 0.1],
+                           "significant_wins": 0, "significant_losses": 0, "improved_fraction": 1.0,
+                           "mean_delta_loss": -0.01}, "compute": compute, "headline": {"ensemble": "xelm:tfidf@1"}}
+    sentence = headline_sentence(metrics)
+    assert "NOT at equal compute" in sentence and lang in sentence
 
 
 def test_a_run_with_experts_keeps_its_plan(tiny_expert_run, tmp_path, capsys):

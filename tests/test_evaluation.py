@@ -133,7 +133,7 @@ def test_a_run_with_experts_keeps_its_plan(tiny_expert_run, tmp_path, capsys):
                   lambda: evaluate(run, progress=False)):
         with pytest.raises(XelmError, match="do not belong"):
             stage()
-    assert not (run / "baseline" / "model").exists()
+    assert not RunDir(run).has_dense()
 
 
 def test_plan_languages_cover_the_corpus_except_held_out(tiny_base_run):

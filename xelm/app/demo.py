@@ -15,10 +15,12 @@ from pathlib import Path
 from clustering.build import build_plan
 from clustering.planning import write_plan
 from clustering.typology import parse_features
+from experts.plan_integrity import plan_languages
 from experts.registry import run_registry
 from experts.training import add_language, train_all, train_baseline, train_control
 from xelm.app.console import print_json
 from xelm.app.evaluate import evaluate
+from xelm.app.report import headline_sentence
 from xelm.config import load_config
 from xelm.data import corpus_stats, load_corpus
 from xelm.errors import XelmError
@@ -88,7 +90,7 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     ec = cfg.experts
     with clock.stage("cluster plan"):
         if not run.plan_file.exists():
-            languages = sorted(run.base_summary()["tokens_by_lang"])
+            languages = plan_languages(run)  # every corpus language with text, not only those the base sampled
             result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir,
                                 features=ec.features, by_script=ec.by_script)
             write_plan(result, run.plan_file)
@@ -116,17 +118,17 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     with clock.stage("evaluation"):
         metrics = evaluate(run_dir, progress=progress)
     s = metrics["summary"]
-    say(f"      X-ELM ({metrics['headline']['ensemble']}) beats the equal-compute dense model on "
-        f"{s['improved_fraction']:.1%} of {s['languages']} languages (mean Δ loss {s['mean_delta_loss']:+.3f}); "
-        + ", ".join(f"{r} routing {v['top1_accuracy']:.0%}" for r, v in metrics["routing"].items()))
+    say("      " + headline_sentence(metrics).replace("**", "") + " Routing top-1: "
+        + ", ".join(f"{r} {v['top1_accuracy']:.0%}" for r, v in metrics["routing"].items()))
 
     summary = {"run_dir": str(run_dir), "corpus": {"languages": len(stats["languages"])},
                "base": base, "clusters": {n: len(m) for n, m in plan["clusters"].items()},
                "experts": [{k: c[k] for k in ("name", "tokens_trained", "validation_loss")} for c in cards],
                "dense": {k: dense[k] for k in ("tokens_trained", "validation_loss")},
                "hmr": [{k: c[k] for k in ("name", "parent", "validation_loss")} for c in added],
-               "evaluation": {"improved_fraction": s["improved_fraction"], "mean_delta_loss": s["mean_delta_loss"],
-                              "report": str(run.report_dir / "report.md")},
+               "evaluation": {k: s[k] for k in ("equal_compute", "significant_wins", "significant_losses",
+                                                "improved_fraction", "mean_delta_loss", "mean_delta_ci")}
+               | {"report": str(run.report_dir / "report.md")},
                "seconds": round(time.perf_counter() - t0, 1), "seconds_by_stage": clock.seconds}
     write_json(run.demo_summary_file, summary)
     say(clock.table())

@@ -24,7 +24,7 @@ def restore_into(abstract_state: nnx.State, read: Callable[[dict], dict], what: 
     try:
         restored = read(target)
     except Exception as e:  # Orbax raises many kinds for missing, damaged or mismatched files
-        raise XelmError(f"{what} cannot be read ({type(e).__name__}: "
+        raise XelmError(f"{what} cannot be restored ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}){fix}") from None
     nnx.replace_by_pure_dict(abstract_state, restored)
     return abstract_state

@@ -115,16 +115,8 @@ class Attention(nnx.Module):
     def __call__(self, x_BxSxD, mask_Bx1xSxS, positions_BxS):
         cfg = self.cfg
         b, s, d = x_BxSxD.shape
-        # Three matmuls on slices of the fused kernel, not one whose [.., 3, N, H] output is split:
-        # the split's backward (a concatenation) makes XLA copy the whole gradient transposed.
-        kernel_Dx3D = self.qkv.kernel[...].astype(x_BxSxD.dtype)
-
-        def project(i):
-            y_BxSxD = x_BxSxD @ kernel_Dx3D[:, i * d:(i + 1) * d]
-            if self.qkv.bias is not None:
-                y_BxSxD = y_BxSxD + self.qkv.bias[...][i * d:(i + 1) * d].astype(y_BxSxD.dtype)
-            return y_BxSxD.reshape(b, s, cfg.heads, d // cfg.heads)
-        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = project(0), project(1), project(2)
+        qkv = self.qkv(x_BxSxD).reshape(b, s, 3, cfg.heads, d // cfg.heads)
+        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cfg.rope:
             theta = cfg.rope_theta if self.is_global else cfg.rope_theta_local
             q_BxSxNxH, k_BxSxNxH = rope(q_BxSxNxH, positions_BxS, theta), rope(k_BxSxNxH, positions_BxS, theta)

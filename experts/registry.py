@@ -28,7 +28,7 @@ from xelm.errors import XelmError
 from xelm.files import inside, read_json, write_json
 from xelm.model import Encoder
 from xelm.rundir import RunDir
-from xelm.weights import checksum, load_weights, save_weights
+from xelm.weights import load_weights, save_weights
 
 FORMAT = 1
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -105,11 +105,7 @@ class Registry:
     def load(self, name: str) -> Encoder:
         """The expert's encoder, checksum verified; damage is reported with its name."""
         card = self.card(name)
-        model = load_weights(str(self.folder(name) / "weights"), name=f"expert {name!r}")
-        if checksum(model) != card["checksum"]:
-            raise XelmError(f"expert {name!r}: weights do not match its card's checksum; "
-                            f"remove it with `xelm expert remove {name}` and train it again")
-        return model
+        return load_weights(str(self.folder(name) / "weights"), name=f"expert {name!r}", expected=card["checksum"])
 
     # ------------------------------------------------------------------------ writing
     @contextmanager

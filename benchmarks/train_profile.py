@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import random_batch  # noqa: E402
+from train_throughput import add_shape_args, random_batch  # noqa: E402
 
 from xelm.config import ModelConfig, Stage, TrainConfig  # noqa: E402
 from xelm.curriculum import wsd_schedule  # noqa: E402
@@ -128,15 +128,7 @@ def gemm_floor(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float) -> flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vocab", type=int, default=16384)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--ffn", type=int, default=512)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--mask-ratio", type=float, default=0.3)
-    ap.add_argument("--local-window", type=int, default=128)
+    add_shape_args(ap)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=0, help="also list the N costliest instructions")
     a = ap.parse_args()

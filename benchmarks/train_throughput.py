@@ -112,8 +112,8 @@ def tokens_per_s(step, n: int, tokens: int) -> float:
     return n * tokens / (time.perf_counter() - t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_args(ap: argparse.ArgumentParser) -> None:
+    """The reference shape (V 16384, D 256, L 4, H 4, F 512, S 128, B 32, mask 0.3), each overridable."""
     ap.add_argument("--vocab", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -123,6 +123,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--mask-ratio", type=float, default=0.3)
     ap.add_argument("--local-window", type=int, default=128)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(ap)
     ap.add_argument("--steps", type=int, default=5, help="steps per round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])

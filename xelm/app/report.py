@@ -64,6 +64,13 @@ def headline_sentence(metrics: dict) -> str:
             f"{s['mean_delta_loss']:+.3f} nats [{lo:+.3f}, {hi:+.3f}] (negative: X-ELM better).")
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_losses(metrics: dict, path: Path) -> Path:
     """Left: X-ELM against dense per language (below the diagonal: X-ELM better). Right: the
     per-language difference with its 95% interval, sorted."""
@@ -90,10 +97,7 @@ def plot_losses(metrics: dict, path: Path) -> Path:
                   f"red: above 0, {s['significant_losses']})" if len(delta) else "languages")
     bx.set_ylabel(SIGN)
     bx.set_title("Per-language difference, 95% paired bootstrap interval")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path: Path) -> Path:
@@ -115,10 +119,7 @@ def plot_improvement_vs_distance(metrics: dict, distance: dict[str, float], path
     ax.set_xlabel("typological distance from the rest of its cluster")
     ax.set_ylabel(SIGN)
     ax.set_title("Improvement against typological distance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confusion(routing: dict, path: Path) -> Path:
@@ -132,10 +133,7 @@ def plot_confusion(routing: dict, path: Path) -> Path:
     ax.set_ylabel("expert of the text's language")
     fig.colorbar(im, ax=ax, fraction=0.04)
     ax.set_title("Routing confusion (rows sum to 1)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
@@ -160,10 +158,7 @@ def plot_transfer_by_family(transfer: dict, path: Path) -> Path:
     ax.set_ylabel("zero-shot article classification accuracy")
     ax.set_title("Cross-lingual transfer from English, by language family")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never over them
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def findings(metrics: dict, distance: dict[str, float]) -> list[str]:

@@ -227,16 +227,17 @@ def train_control(run_dir: str | Path, language: str, parent: str, tokens: int, 
     ``DIR/controls/<parent>-<language>``, not registered: it is a yardstick, not an expert."""
     run = RunDir(run_dir)
     out = run.control(parent, language)
-    if (out / "summary.json").exists() and (out / "model" / "model.json").exists():
-        return {**read_json(out / "summary.json", "control summary", f"delete {out} and re-run"), "skipped": True}
+    done, weights = run.control_summary_file(parent, language), run.control_model(parent, language)
+    if done.exists() and (weights / "model.json").exists():
+        return {**read_json(done, "control summary", f"delete {out} and re-run"), "skipped": True}
     model = {"base": run.base, "dense": run.dense}[parent]()
     result, _, val, _ = _train_copy(run.root, model, [language], tokens, out, None, progress,
                                     f"{parent}+{language}")
-    save_weights(result.model, out / "model")
+    save_weights(result.model, weights)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     summary = {"name": out.name, "parent": parent, "languages": [language], "tokens_trained": result.tokens,
                "train_loss": result.loss, "validation_loss": val}
-    write_json(out / "summary.json", summary)
+    write_json(done, summary)
     return summary
 
 

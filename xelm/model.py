@@ -1,6 +1,7 @@
 """The encoder (Flax NNX): ModernBERT by default, BERT / XLM-R by config, one module with options.
 
-Shapes in names: B batch, S sequence, D hidden, N heads, H head size, K masked positions, V vocab.
+Shapes in names: B batch, S sequence, D hidden, N heads, H head size, K masked positions per row,
+M masked positions of the whole batch (flattened), V vocab.
 Packed rows carry ``segment_ids`` (0 = padding) and per-segment ``positions``; attention never
 crosses a segment, and a local layer also stays inside its window.
 """
@@ -65,40 +66,40 @@ def attention_mask(segment_ids_BxS, positions_BxS, window: int | None):
 
 
 @jax.custom_vjp
-def tied_head_xent(h_NxD, table_VxD, bias_V, labels_N):
+def tied_head_xent(h_MxD, table_VxD, bias_V, labels_M):
     """Per row: the cross-entropy of ``h @ table.T + bias`` against ``labels`` [N], and 1.0 where
     the label is the top token. Its gradient is (softmax - onehot) in one fused pass (autodiff of
     log_softmax + take_along_axis stores the softmax and builds a [N, V] one-hot instead), and
     the bias rides in the matmuls as an extra column (no separate pass over [N, V] for it)."""
-    nll_N, correct_N, _, _ = _xent(h_NxD, table_VxD, bias_V, labels_N)
-    return nll_N, correct_N
+    nll_M, correct_M, _, _ = _xent(h_MxD, table_VxD, bias_V, labels_M)
+    return nll_M, correct_M
 
 
-def _with_ones(x_NxD):
-    return jnp.concatenate([x_NxD, jnp.ones((x_NxD.shape[0], 1), x_NxD.dtype)], axis=1)
+def _with_ones(x_MxD):
+    return jnp.concatenate([x_MxD, jnp.ones((x_MxD.shape[0], 1), x_MxD.dtype)], axis=1)
 
 
-def _xent(h_NxD, table_VxD, bias_V, labels_N):
+def _xent(h_MxD, table_VxD, bias_V, labels_M):
     table_Vx1D = jnp.concatenate([table_VxD, bias_V[:, None].astype(table_VxD.dtype)], axis=1)
-    logits_NxV = jnp.dot(_with_ones(h_NxD), table_Vx1D.T, preferred_element_type=jnp.float32)
-    max_N = logits_NxV.max(-1)
-    lse_N = max_N + jnp.log(jnp.exp(logits_NxV - max_N[:, None]).sum(-1))
-    label_logit_N = jnp.take_along_axis(logits_NxV, labels_N[:, None], axis=-1)[:, 0]
-    return lse_N - label_logit_N, (label_logit_N >= max_N).astype(jnp.float32), logits_NxV, lse_N
+    logits_MxV = jnp.dot(_with_ones(h_MxD), table_Vx1D.T, preferred_element_type=jnp.float32)
+    max_M = logits_MxV.max(-1)
+    lse_M = max_M + jnp.log(jnp.exp(logits_MxV - max_M[:, None]).sum(-1))
+    label_logit_M = jnp.take_along_axis(logits_MxV, labels_M[:, None], axis=-1)[:, 0]
+    return lse_M - label_logit_M, (label_logit_M >= max_M).astype(jnp.float32), logits_MxV, lse_M
 
 
-def _xent_fwd(h_NxD, table_VxD, bias_V, labels_N):
-    nll_N, correct_N, logits_NxV, lse_N = _xent(h_NxD, table_VxD, bias_V, labels_N)
-    return (nll_N, correct_N), (h_NxD, table_VxD, logits_NxV, lse_N, labels_N)
+def _xent_fwd(h_MxD, table_VxD, bias_V, labels_M):
+    nll_M, correct_M, logits_MxV, lse_M = _xent(h_MxD, table_VxD, bias_V, labels_M)
+    return (nll_M, correct_M), (h_MxD, table_VxD, logits_MxV, lse_M, labels_M)
 
 
 def _xent_bwd(res, g):
-    h_NxD, table_VxD, logits_NxV, lse_N, labels_N = res
-    onehot_NxV = labels_N[:, None] == jnp.arange(logits_NxV.shape[1])[None, :]
-    dlogits_NxV = ((jnp.exp(logits_NxV - lse_N[:, None]) - onehot_NxV) * g[0][:, None]).astype(h_NxD.dtype)
-    dh_NxD = jnp.dot(dlogits_NxV, table_VxD, preferred_element_type=jnp.float32).astype(h_NxD.dtype)
-    dtable_Vx1D = jnp.dot(dlogits_NxV.T, _with_ones(h_NxD), preferred_element_type=jnp.float32)
-    return dh_NxD, dtable_Vx1D[:, :-1].astype(table_VxD.dtype), dtable_Vx1D[:, -1], None
+    h_MxD, table_VxD, logits_MxV, lse_M, labels_M = res
+    onehot_MxV = labels_M[:, None] == jnp.arange(logits_MxV.shape[1])[None, :]
+    dlogits_MxV = ((jnp.exp(logits_MxV - lse_M[:, None]) - onehot_MxV) * g[0][:, None]).astype(h_MxD.dtype)
+    dh_MxD = jnp.dot(dlogits_MxV, table_VxD, preferred_element_type=jnp.float32).astype(h_MxD.dtype)
+    dtable_Vx1D = jnp.dot(dlogits_MxV.T, _with_ones(h_MxD), preferred_element_type=jnp.float32)
+    return dh_MxD, dtable_Vx1D[:, :-1].astype(table_VxD.dtype), dtable_Vx1D[:, -1], None
 
 
 tied_head_xent.defvjp(_xent_fwd, _xent_bwd)
@@ -233,9 +234,9 @@ class Encoder(nnx.Module):
         table_VxD = self.embed.embedding[...].astype(h_BxKxD.dtype)
         bias_V = (jnp.zeros((self.cfg.vocab_size,), jnp.float32) if self.decoder_bias is None
                   else self.decoder_bias[...].astype(jnp.float32))
-        nll_N, correct_N = tied_head_xent(h_BxKxD.reshape(b * k, d), table_VxD, bias_V,
+        nll_M, correct_M = tied_head_xent(h_BxKxD.reshape(b * k, d), table_VxD, bias_V,
                                           batch.mask_labels_BxK.reshape(b * k))
-        return nll_N.reshape(b, k), correct_N.reshape(b, k)
+        return nll_M.reshape(b, k), correct_M.reshape(b, k)
 
     def mean_pool(self, batch: MLMBatch):
         """[B, D] mean of the final hidden states over each row's tokens (padding left out)."""

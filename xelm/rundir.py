@@ -112,6 +112,12 @@ class RunDir:
         """A new language's yardstick model (``parent`` branched or continued on it)."""
         return inside(self.root, "controls", f"{parent}-{language}")
 
+    def control_model(self, parent: str, language: str) -> Path:
+        return self.control(parent, language) / "model"
+
+    def control_summary_file(self, parent: str, language: str) -> Path:
+        return self.control(parent, language) / "summary.json"
+
     # -------------------------------------------------------------------- loaders
     def is_run(self) -> bool:
         return self.config_file.is_file()

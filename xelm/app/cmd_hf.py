@@ -3,10 +3,10 @@ and the run / registry side of an export: which model, and what its card says.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from experts.registry import run_registry
+from xelm.app.console import print_json
 from xelm.errors import XelmError
 from xelm.files import read_json
 from xelm.hf import export_hf, import_hf, load_any_model
@@ -14,14 +14,10 @@ from xelm.model import Encoder
 from xelm.rundir import RunDir
 
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
-
-
 def cmd_import(args) -> int:
     s = import_hf(args.path, args.run_dir, args.overrides)
     if args.json:
-        _print_json(s)
+        print_json(s)
         return 0
     if s.get("skipped"):
         print(f"{args.run_dir} already has its base (imported from {s.get('imported_from')})")
@@ -38,7 +34,7 @@ def cmd_export(args) -> int:
     out = export_hf(model, tok, args.out, card, overwrite=getattr(args, "overwrite", False))
     result = {"out": str(out), "architecture": read_json(out / "config.json")["architectures"][0],
               "name": card.get("name"), "languages": card.get("languages", [])}
-    _print_json(result) if args.json else print(f"exported {result['name'] or args.model} as "
+    print_json(result) if args.json else print(f"exported {result['name'] or args.model} as "
                                                 f"{result['architecture']} to {out}")
     return 0
 

@@ -42,7 +42,7 @@ from xelm.weights import load_weights
 
 HEADLINE = ("tfidf", 1)
 SOFT = ("tfidf", None)  # c-BTM: every expert, weights softmax(-d²/T)
-MAX_LEN = 128  # texts are paragraphs; longer ones are cut here (short rows keep scoring cheap)
+PARAGRAPH_MAX_LEN = 128  # texts are paragraphs; longer ones are cut here (short rows keep scoring cheap)
 SCORE_MASK_RATIO = 1 / 3  # 3 disjoint mask sets: every token scored once, each with 2/3 of its text as context
 
 
@@ -87,7 +87,7 @@ def _mean(xs) -> float | None:
 
 def _model_table(model, tok, texts):
     graphdef, state = nnx.split(model)
-    return every_token_table(graphdef, stack_states([state]), tok, texts, SCORE_MASK_RATIO, max_len=MAX_LEN)
+    return every_token_table(graphdef, stack_states([state]), tok, texts, SCORE_MASK_RATIO, max_len=PARAGRAPH_MAX_LEN)
 
 
 def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
@@ -121,7 +121,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     # The equal-compute comparison routes among the cluster experts only: HMR experts had extra
     # training (and are judged on their own languages below).
     cluster = [c["name"] for c in cluster_cards]
-    xelm = XELM.from_run(run_dir, max_len=MAX_LEN, experts=cluster)
+    xelm = XELM.from_run(run_dir, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
     say(f"scoring every token of {len(texts):,} test paragraphs: base, dense and {len(cluster)} experts, "
         f"{int(np.ceil(1 / SCORE_MASK_RATIO))} shared mask sets")
     # One pass per mask set and model gives every model's log-probability of every token; every
@@ -129,8 +129,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     xelm.pool.add("(base)", run.base())
     xelm.pool.add("(dense)", run.dense())
     graphdef, states = xelm.pool.stacked(("(base)", "(dense)", *cluster))
-    lp_ExNxK, w_NxK, set_K = every_token_table(graphdef, states, tok, texts, SCORE_MASK_RATIO, max_len=MAX_LEN,
-                                               batch_tokens=xelm.batch_tokens)
+    lp_ExNxK, w_NxK, set_K = every_token_table(graphdef, states, tok, texts, SCORE_MASK_RATIO,
+                                               max_len=PARAGRAPH_MAX_LEN, batch_tokens=xelm.batch_tokens)
     count = w_NxK.sum(1)
     one = np.ones((len(texts), 1))
     nll = {"base": _nll(lp_ExNxK[[0]], w_NxK, set_K, one), "dense": _nll(lp_ExNxK[[1]], w_NxK, set_K, one)}
@@ -250,7 +250,7 @@ def _new_languages(run, tok, hmr, hmr_rows, texts, per_lang, count) -> dict:
                  "tokens": card["tokens_trained"], "base": per_lang["base"].get(lang),
                  "dense": per_lang["dense"].get(lang)}
         for parent in ("base", "dense"):
-            path = run.control(parent, lang) / "model"
+            path = run.control_model(parent, lang)
             if (path / "model.json").exists():
                 lp, w, sk = _model_table(load_weights(path), tok, sub)
                 entry[f"{parent}_continued"] = float(_nll(lp, w, sk, np.ones((len(sub), 1))).sum() / w.sum())
@@ -293,7 +293,7 @@ def _transfer(run: RunDir, cfg, xelm, tok, languages: set[str]) -> dict:
     # Every text both tasks need, embedded in one batched call per model (not one per language).
     needed = sorted({t for units, texts in rows.values() for t in (*texts, *paragraphs(units, texts)[0])})
     dense = run.dense()
-    vectors = {"dense": embed_texts(dense, tok, needed, max_len=MAX_LEN),
+    vectors = {"dense": embed_texts(dense, tok, needed, max_len=PARAGRAPH_MAX_LEN),
                "xelm": xelm.embed(needed, router=HEADLINE[0], top_k=HEADLINE[1])}
     at = {t: i for i, t in enumerate(needed)}
     out = {}

@@ -190,3 +190,14 @@ def test_diverging_loss_stops_with_one_clear_line(tmp_path, tiny_tokenizer, tiny
     cfg = load_config(TINY, [*tiny_overrides, "train.lr=1.0e+30", "train.warmup_steps=0"])
     with pytest.raises(XelmError, match=r"diverged: the loss is nan at step \d+; lower train.lr"):
         pretrain(cfg, _run_dir(tmp_path, "run", tiny_tokenizer), max_steps=5, progress=False)
+
+
+def test_a_loss_curve_of_too_few_points_is_not_drawn(tmp_path):
+    from xelm.train import MIN_PLOTTED_LOGS, plot_loss
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": i + 1, "loss": 5.0 - i / 10, "stage": "expert"} for i in range(MIN_PLOTTED_LOGS)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    assert plot_loss(log, tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_loss(log, tmp_path / "five.png").stat().st_size > 1000

@@ -135,6 +135,13 @@ def test_a_run_with_experts_keeps_its_plan(tiny_expert_run, tmp_path, capsys):
             stage()
     assert not RunDir(run).has_dense()
 
+    # An expert removed after training: evaluation names it, not a top-k range.
+    plan_file.write_bytes(before)
+    removed = list(plan["clusters"])[0]
+    run_registry(run).remove(removed)
+    with pytest.raises(XelmError, match=f"{removed} have no expert yet"):
+        evaluate(run, progress=False)
+
 
 def test_plan_languages_cover_the_corpus_except_held_out(tiny_base_run):
     langs = plan_languages(tiny_base_run)

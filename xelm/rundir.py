@@ -124,7 +124,7 @@ class RunDir:
 
     def prepare(self, cfg: RunConfig) -> RunDir:
         """Create the run or check that it was made with the same config (resuming is safe)."""
-        if self.config_file.exists() and not self._only_config():
+        if self.config_file.exists():
             old = self.config()
             if to_dict(old) != to_dict(cfg):
                 diff = _first_difference(to_dict(old), to_dict(cfg))
@@ -135,11 +135,6 @@ class RunDir:
             save_config(cfg, self.config_file)
             write_json(self.versions_file, versions())
         return self
-
-    def _only_config(self) -> bool:
-        """The run holds nothing but what ``prepare`` wrote (a first command that then failed,
-        e.g. on a language its corpus lacks): a corrected config may replace it."""
-        return {p.name for p in self.root.iterdir()} <= {self.config_file.name, self.versions_file.name}
 
     def config(self) -> RunConfig:
         if not self.config_file.is_file():

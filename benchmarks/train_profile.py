@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import add_shape_args, random_batch  # noqa: E402
 
 from xelm.config import ModelConfig, Stage, TrainConfig  # noqa: E402
-from xelm.curriculum import wsd_schedule  # noqa: E402
 from xelm.model import Encoder  # noqa: E402
 from xelm.train import Trainer, data_mesh, make_optimizer, shard_batch  # noqa: E402
 
@@ -136,8 +135,8 @@ def main() -> None:
                       max_len=max(a.seq, 512), local_window=a.local_window)
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     tc = TrainConfig(steps=10_000, warmup_steps=10)
-    schedule = wsd_schedule(tc, (Stage("all", 1.0, "all", a.mask_ratio, 0.5),))
-    trainer = Trainer.create(model, make_optimizer(model, tc, schedule), data_mesh())
+    stages = (Stage("all", 1.0, "all", a.mask_ratio, 0.5),)
+    trainer = Trainer.create(model, make_optimizer(model, tc, stages), data_mesh())
     rng = np.random.default_rng(0)
     batches = [random_batch(rng, cfg, a.batch, a.seq, a.mask_ratio) for _ in range(4)]
     hlo = trainer._step.lower(trainer.state, shard_batch(batches[0], trainer.mesh)).compile().as_text()

@@ -23,7 +23,6 @@ from flax import nnx
 
 from xelm.batches import MLMBatch, mask_rows
 from xelm.config import ModelConfig, Stage, TrainConfig
-from xelm.curriculum import wsd_schedule
 from xelm.model import Encoder, compute_dtype
 from xelm.train import Trainer, data_mesh, make_optimizer
 
@@ -63,7 +62,7 @@ def xelm_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     tc = TrainConfig(steps=10_000, warmup_steps=10)
     stages = (Stage("all", 1.0, "all", mask_ratio, 0.5),)
-    trainer = Trainer.create(model, make_optimizer(model, tc, wsd_schedule(tc, stages)), data_mesh())
+    trainer = Trainer.create(model, make_optimizer(model, tc, stages), data_mesh())
     rng = np.random.default_rng(0)
     batches = [random_batch(rng, cfg, batch, seq, mask_ratio) for _ in range(4)]
     count = iter(range(10**9))

@@ -201,3 +201,30 @@ def test_a_loss_curve_of_too_few_points_is_not_drawn(tmp_path):
     assert plot_loss(log, tmp_path / "one.png") is None and not (tmp_path / "one.png").exists()
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_loss(log, tmp_path / "five.png").stat().st_size > 1000
+
+
+def test_trainings_of_one_schedule_share_one_compiled_step():
+    """The k experts (or the HMR models) of a run differ in weights and languages, not in shape or
+    schedule: the second training must reuse the first one's compiled step, not compile again."""
+    from flax import nnx
+
+    from xelm.config import ModelConfig
+    from xelm.model import Encoder
+    from xelm.train import Trainer, _train_step, data_mesh, make_optimizer
+
+    mc = ModelConfig(vocab_size=64, hidden=16, layers=1, heads=2, ffn=32, local_window=8, global_every=1)
+    docs = {"eng": [np.arange(5, 40)] * 4, "fra": [np.arange(20, 60)] * 4}
+    corpus = TokenizedCorpus(docs, [0, 1, 2, 3, 4])
+    batch, _ = make_batch(corpus, {"eng": 0.5, "fra": 0.5}, batch_size=2, seq_len=16, mask_ratio=0.3,
+                          mask_id=4, vocab_size=64, seed=0, step=0)
+    compiled = []
+    for seed, langs in ((0, ("eng",)), (1, ("fra",))):  # another expert: other weights, other languages
+        tc = TrainConfig(steps=8, lr=1e-3, warmup_steps=1, seed=seed, log_every=seed + 1)
+        stages = (Stage("expert", 0.8, langs), Stage("decay", 1.0, langs))
+        model = Encoder(mc, rngs=nnx.Rngs(seed))
+        Trainer.create(model, make_optimizer(model, tc, stages), data_mesh()).step(batch)
+        compiled.append(_train_step._cache_size())
+    assert compiled[1] == compiled[0]
+    tc = TrainConfig(steps=16, lr=1e-3, warmup_steps=1)  # another schedule is another optimizer
+    model = Encoder(mc, rngs=nnx.Rngs(0))
+    assert make_optimizer(model, tc, STAGES).tx is not make_optimizer(model, tc, STAGES[:2]).tx

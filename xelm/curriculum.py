@@ -42,9 +42,14 @@ def decay_start(stages: tuple[Stage, ...], total_steps: int) -> int:
 
 def wsd_schedule(cfg: TrainConfig, stages: tuple[Stage, ...]) -> optax.Schedule:
     """Warmup-stable-decay: linear warmup, constant, linear decay to ``min_lr_ratio * lr``."""
+    return wsd_from(cfg, decay_start(stages, cfg.steps))
+
+
+def wsd_from(cfg: TrainConfig, decay_at: int) -> optax.Schedule:
+    """The WSD schedule whose decay starts at step ``decay_at``."""
     total = cfg.steps
     warmup = min(cfg.warmup_steps, total)
-    start = max(decay_start(stages, total), warmup)
+    start = max(decay_at, warmup)
     return optax.join_schedules([
         optax.linear_schedule(0.0 if warmup else cfg.lr, cfg.lr, max(warmup, 1)),
         optax.constant_schedule(cfg.lr),

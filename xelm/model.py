@@ -22,9 +22,19 @@ def compute_dtype(cfg: ModelConfig):
     return jnp.dtype(cfg.dtype)
 
 
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
 def _activation(name: str):
-    return {"gelu": lambda x: jax.nn.gelu(x, approximate=False),
-            "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[name]
+    # Module-level functions, not lambdas made per model: an activation is a static attribute of
+    # the graph definition, and equal graph definitions let every model of one shape share a
+    # compiled function (jit caches on them).
+    return {"gelu": _gelu, "gelu_tanh": _gelu_tanh}[name]
 
 
 def rope(x_BxSxNxH, positions_BxS, theta: float):

@@ -3,6 +3,8 @@ the mmBERT curriculum, Orbax checkpoints with exact resume, JSONL metrics and a 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -21,21 +23,32 @@ from tqdm.auto import tqdm
 
 from xelm.batches import MLMBatch, TokenizedCorpus, make_batch
 from xelm.checkpoint import Checkpointer
-from xelm.config import ModelConfig, RunConfig, TrainConfig
-from xelm.curriculum import stage_index, stage_probabilities, wsd_schedule
+from xelm.config import ModelConfig, RunConfig, Stage, TrainConfig
+from xelm.curriculum import decay_start, stage_index, stage_probabilities, wsd_from, wsd_schedule
 from xelm.errors import XelmError
 from xelm.model import Encoder, mlm_loss
 
 
-def make_optimizer(model: Encoder, cfg: TrainConfig, schedule: optax.Schedule) -> nnx.Optimizer:
-    """AdamW with the learning-rate ``schedule`` and global-norm clipping; no weight decay on
-    norms and biases."""
-    def decay_mask(params):
-        return jax.tree.map(lambda p: p.ndim > 1, params)
-    tx = optax.chain(
+def _decay_mask(params):
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+@functools.lru_cache(maxsize=64)
+def optimizer_transform(cfg: TrainConfig, decay_at: int) -> optax.GradientTransformation:
+    """AdamW under the WSD schedule with global-norm clipping; no weight decay on norms and
+    biases. Cached: equal numbers give the *same* object, so the optimizer's graph definition is
+    equal and trainings of the same schedule (the k experts, the HMR models) share one compiled
+    step instead of compiling one each."""
+    return optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-6, weight_decay=cfg.weight_decay, mask=decay_mask))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+        optax.adamw(wsd_from(cfg, decay_at), b1=cfg.b1, b2=cfg.b2, eps=1e-6, weight_decay=cfg.weight_decay,
+                    mask=_decay_mask))
+
+
+def make_optimizer(model: Encoder, cfg: TrainConfig, stages: tuple[Stage, ...]) -> nnx.Optimizer:
+    """The optimizer of ``model`` for a training under ``cfg`` with curriculum ``stages``."""
+    numbers = dataclasses.replace(cfg, seed=0, log_every=1, checkpoint_every=1, keep_checkpoints=1)
+    return nnx.Optimizer(model, optimizer_transform(numbers, decay_start(stages, cfg.steps)), wrt=nnx.Param)
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -59,32 +72,32 @@ class Trainer:
     def __init__(self, graphdef, state: nnx.State, mesh: jax.sharding.Mesh):
         self.graphdef, self.mesh = graphdef, mesh
         self.state = jax.device_put(state, NamedSharding(mesh, P()))
-        self._step = jax.jit(partial(_train_step, graphdef), donate_argnums=0)
 
     @classmethod
     def create(cls, model: Encoder, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh) -> Trainer:
         return cls(*nnx.split((model, optimizer)), mesh)
 
     @classmethod
-    def restore(cls, ckpt: Checkpointer, cfg: ModelConfig, tc: TrainConfig, schedule: optax.Schedule,
+    def restore(cls, ckpt: Checkpointer, cfg: ModelConfig, tc: TrainConfig, stages: tuple[Stage, ...],
                 mesh: jax.sharding.Mesh) -> tuple[Trainer, dict]:
         """The trainer at the latest checkpoint, read into an abstract model and optimizer
         (shapes only: nothing is initialised to be overwritten); returns it and the metadata."""
         def build():
             model = Encoder(cfg, rngs=nnx.Rngs(0))
-            return model, make_optimizer(model, tc, schedule)
+            return model, make_optimizer(model, tc, stages)
         graphdef, abstract = nnx.split(nnx.eval_shape(build))
         state, meta = ckpt.restore(abstract, sharding=NamedSharding(mesh, P()))
         return cls(graphdef, state, mesh), meta
 
     def step(self, batch: MLMBatch) -> dict:
-        self.state, metrics = self._step(self.state, shard_batch(batch, self.mesh))
+        self.state, metrics = _train_step(self.graphdef, self.state, shard_batch(batch, self.mesh))
         return metrics
 
     def model(self) -> Encoder:
         return nnx.merge(self.graphdef, self.state)[0]
 
 
+@partial(jax.jit, static_argnums=0, donate_argnums=1)
 def _train_step(graphdef, state, batch: MLMBatch):
     model, optimizer = nnx.merge(graphdef, state)
     (loss, aux), grads = nnx.value_and_grad(mlm_loss, has_aux=True)(model, batch)
@@ -130,9 +143,9 @@ def train(cfg: RunConfig, corpus: TokenizedCorpus, out_dir: str | Path, *, mask_
     window: list[dict] = []  # per-step metrics since the last log boundary (a multiple of log_every)
     if resumed is None:
         model = model if model is not None else Encoder(cfg.model, rngs=nnx.Rngs(tc.seed))
-        trainer = Trainer.create(model, make_optimizer(model, tc, schedule), mesh)
+        trainer = Trainer.create(model, make_optimizer(model, tc, stages), mesh)
     else:
-        trainer, meta = Trainer.restore(ckpt, model.cfg if model is not None else cfg.model, tc, schedule, mesh)
+        trainer, meta = Trainer.restore(ckpt, model.cfg if model is not None else cfg.model, tc, stages, mesh)
         step, tokens, by_lang = meta["step"], meta["tokens"], meta["tokens_by_lang"]
         window = list(meta.get("metrics_window", []))
     metrics_path = out_dir / "metrics.jsonl"

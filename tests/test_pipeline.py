@@ -8,6 +8,7 @@ import shutil
 from conftest import TINY_CONFIG
 
 from xelm.app.demo import run_demo
+from xelm.app.evaluate import evaluate
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path):
@@ -44,3 +45,11 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
         assert section in text
     again = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)  # everything complete: skipped
     assert again["dense"] == summary["dense"]
+
+    # The split that chooses configurations has its own report; the test report stays as it was.
+    test_bytes = (report / "metrics.json").read_bytes()
+    v = evaluate(run, progress=False, split="validation")
+    assert v["split"] == "validation" and (run / "report-validation" / "report.md").is_file()
+    assert "validation split" in (run / "report-validation" / "report.md").read_text()
+    assert v["summary"]["languages"] == 6 and v["languages"]["eng"]["dense"] != m["languages"]["eng"]["dense"]
+    assert "skipped" in v["transfer"] and (report / "metrics.json").read_bytes() == test_bytes

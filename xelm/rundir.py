@@ -100,6 +100,11 @@ class RunDir:
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    def report_for(self, split: str) -> Path:
+        """The evaluation of a split: ``report/`` for test (what the README quotes),
+        ``report-validation/`` for the split that chooses configurations."""
+        return self.report_dir if split == "test" else self.root / f"report-{split}"
+
     @property
     def demo_summary_file(self) -> Path:
         return self.root / "demo.json"

@@ -90,9 +90,15 @@ def _model_table(model, tok, texts):
     return every_token_table(graphdef, stack_states([state]), tok, texts, SCORE_MASK_RATIO, max_len=PARAGRAPH_MAX_LEN)
 
 
+SPLITS = ("test", "validation")
+
+
 def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
-             progress: bool = True) -> dict:
-    """Score every model on the test split; write ``DIR/report/metrics.json`` and the report."""
+             progress: bool = True, split: str = "test") -> dict:
+    """Score every model on ``split``; write ``metrics.json`` and the report into
+    ``RunDir.report_for(split)``. Validation chooses configurations; test only reports."""
+    if split not in SPLITS:
+        raise XelmError(f"--split {split!r}: evaluate on one of {', '.join(SPLITS)}")
     run = RunDir(run_dir)
     run_dir = run.root
     cfg, plan, tok = run.config(), run.plan(), run.tokenizer()
@@ -110,19 +116,19 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     if not run.has_dense():
         raise XelmError(f"no dense baseline in {run.baseline_dir}: run `xelm baseline --run-dir {run_dir}` first")
     check_dense_matches(run, plan, cluster_cards, run.dense_summary())
-    test = load_corpus(cfg.data.corpus, languages=None)["test"]
+    test = load_corpus(cfg.data.corpus, languages=None)[split]
     keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
     test = test.select(keep)
     texts, langs = paragraphs(test["lang"], test["text"])  # short, each a natural unit of the article
     if not texts:
-        raise XelmError("the test split has no text in the experts' languages")
+        raise XelmError(f"the {split} split has no text in the experts' languages")
     say = tqdm.write if progress else (lambda *a: None)
 
     # The equal-compute comparison routes among the cluster experts only: HMR experts had extra
     # training (and are judged on their own languages below).
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run_dir, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
-    say(f"scoring every token of {len(texts):,} test paragraphs: base, dense and {len(cluster)} experts, "
+    say(f"scoring every token of {len(texts):,} {split} paragraphs: base, dense and {len(cluster)} experts, "
         f"{int(np.ceil(1 / SCORE_MASK_RATIO))} shared mask sets")
     # One pass per mask set and model gives every model's log-probability of every token; every
     # router's mixture then follows in numpy, without running a model again.
@@ -196,7 +202,9 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     routing = _routing_accuracy(xelm, texts, langs, own, {"tfidf": routings["tfidf", 1],
                                                           "posterior": Routing(cluster, softmax_rows(
                                                               ll_JxNxE.mean(0)), "posterior")})
-    transfer = _transfer(run, cfg, xelm, tok, set(own))
+    # The transfer probe is trained and tested on validation + test articles: a test-split figure.
+    transfer = _transfer(run, cfg, xelm, tok, set(own)) if split == "test" else {
+        "skipped": "zero-shot transfer is reported with the test split only"}
     compute = _compute(run, cluster_cards)
     summary = {**summarize(intervals[headline], tokens_by_lang),
                "equal_compute": compute["equal"],
@@ -205,6 +213,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
                "soft_mixture": summarize(intervals[soft], tokens_by_lang),
                "mean_loss": {name: _mean(v.get(lang) for lang in seen) for name, v in per_lang.items()}}
     metrics = {
+        "split": split,
         "headline": {"ensemble": headline, "soft_mixture": soft,
                      "why": "fixed in advance (c-BTM / X-ELM inference routing); the test split chooses nothing",
                      "sign": "Δ = loss(X-ELM) − loss(dense): negative = X-ELM better",
@@ -225,7 +234,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
         "transfer": transfer,
         "compute": compute,
     }
-    write_json(run.report_dir / "metrics.json", metrics)
+    write_json(run.report_for(split) / "metrics.json", metrics)
     write_report(run_dir, metrics)
     return metrics
 
@@ -337,7 +346,7 @@ def _compute(run: RunDir, cards: list[dict]) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    m = evaluate(args.run_dir, progress=not args.json)
+    m = evaluate(args.run_dir, progress=not args.json, split=args.split)
     if args.json:
         print_json(m)
         return 0
@@ -345,7 +354,7 @@ def cmd_evaluate(args) -> int:
     print(headline_sentence(m))
     for name, loss in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9):
         print(f"  {name:<22}{loss:.3f}")
-    print(f"report: {RunDir(args.run_dir).report_dir / 'report.md'}")
+    print(f"report: {RunDir(args.run_dir).report_for(args.split) / 'report.md'}")
     return 0
 
 

@@ -232,8 +232,12 @@ def _by_reason(reasons: dict[str, str]) -> dict[str, list[str]]:
     return out
 
 
+SPLIT_ARTICLES = {"test": "UDHR articles 28–30", "validation": "UDHR articles 25–27: the split that chooses"}
+
+
 def write_report(run_dir: str | Path, metrics: dict) -> Path:
-    out = RunDir(run_dir).report_dir
+    split = metrics.get("split", "test")
+    out = RunDir(run_dir).report_for(split)
     out.mkdir(parents=True, exist_ok=True)
     s, head = metrics["summary"], metrics["headline"]["ensemble"]
     distance = distance_from_cluster(metrics)
@@ -254,7 +258,8 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
 
     lines = [
         "# X-ELM report", "",
-        f"Held-out masked-LM loss on the test split (UDHR articles 28–30), {s['languages']} languages; "
+        f"Held-out masked-LM loss on the {split} split ({SPLIT_ARTICLES.get(split, 'held out')}), "
+        f"{s['languages']} languages; "
         f"{metrics['headline']['scoring']}. Headline ensemble: **{head}** ({metrics['headline']['why']}). "
         f"Sign everywhere: {SIGN}.", "",
         "## Headline", "",

@@ -16,10 +16,10 @@ from xelm.rundir import RunDir
 
 def build_plan(languages: list[str], corpus: str, method: str, k: int, balanced: bool = False, seed: int = 0,
                run_dir=None, needs_texts: bool = True, features: str | None = None,
-               by_script: bool = False) -> PlanResult:
+               by_script: bool = False, progress: bool = False) -> PlanResult:
     """The plan for ``languages`` of ``corpus``: texts for TF-IDF, balancing and fallbacks come
-    from the train split; the model method embeds held-out (validation) text; ``by_script``
-    keeps the corpus's main scripts apart."""
+    from the train split; the model method embeds held-out (validation) text (under a progress
+    bar when ``progress``); ``by_script`` keeps the corpus's main scripts apart."""
     split = corpus_split(corpus, languages, "train") if needs_texts else {}
     scripts = main_scripts(corpus, languages) if by_script else None
     sizes = None
@@ -30,7 +30,7 @@ def build_plan(languages: list[str], corpus: str, method: str, k: int, balanced:
         held = corpus_split(corpus, languages, "validation")
         train = split or corpus_split(corpus, languages, "train")
         held.update({lang: train[lang] for lang in languages if lang not in held and lang in train})
-        embeddings = encoder_embeddings(run_dir, held)
+        embeddings = encoder_embeddings(run_dir, held, progress)
     result = make_plan(languages, method, k, texts_by_lang=split, sizes=sizes, embeddings=embeddings,
                        balanced=balanced, seed=seed, features=features, scripts=scripts)
     result.plan["corpus"] = corpus
@@ -72,11 +72,12 @@ def cached_corpus(spec: str):
     return load_corpus(spec)
 
 
-def encoder_embeddings(run_dir, texts_by_lang: dict[str, list[str]]) -> dict:
+def encoder_embeddings(run_dir, texts_by_lang: dict[str, list[str]], progress: bool = False) -> dict:
     """Per-language mean-pooled embeddings from the run's base encoder (held-out text)."""
     run = RunDir(run_dir) if run_dir is not None else None
     if run is None or not run.has_base():
         where = f"{run_dir}/base" if run_dir else "a run directory's base/ (give --run-dir DIR)"
         raise XelmError(f"--method model needs the finished base encoder in {where}: train it with "
                         "`xelm pretrain --run-dir DIR` or import one with `xelm import-hf PATH --run-dir DIR`")
-    return language_embeddings(run.base(), run.tokenizer(), texts_by_lang)
+    return language_embeddings(run.base(), run.tokenizer(), texts_by_lang, progress=progress,
+                               desc="embedding held-out text with the base encoder")

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from clustering.naming import slug
 from experts.plan_integrity import check_dense_matches, check_experts_match_plan, plan_fingerprint
 from experts.registry import check_name, run_registry
 from experts.typology import nearest_expert, typology_centroid
@@ -272,4 +273,39 @@ def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, p
             "config": dataclasses.asdict(bcfg.train) | {"languages": langs}}
     card = reg.add(card, result.model)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return card
+
+
+def train_family_expert(run_dir: str | Path, languages: list[str], tokens: int | None = None,
+                        name: str | None = None, family: str | None = None, registry: str | None = None,
+                        progress: bool = True) -> dict:
+    """An expert for a language family named by the user: the base branched and trained on the
+    family's corpus languages, as a cluster expert is, but outside the plan (kind ``family``): the
+    plan stays fixed and the equal-compute comparison (cluster experts vs dense) is unchanged.
+    Re-running with the same name and languages returns the registered card (``skipped``)."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    tokens = check_tokens(tokens, cfg.experts.tokens)
+    langs = sorted(languages)
+    reg = run_registry(run, registry)
+    name = check_name(name or "family-" + (slug(family) if family else "-".join(langs)))
+    if run.plan_file.is_file() and name in run.plan()["clusters"]:
+        raise XelmError(f"{name!r} is a cluster of {run.plan_file}, whose expert `xelm expert train --cluster "
+                        f"{name}` trains: give the family expert another --name")
+    if name in reg.names():
+        card = reg.card(name)
+        if card.get("kind") == "family" and sorted(card["languages"]) == langs:
+            return {**card, "skipped": True}
+        raise XelmError(f"an expert named {name!r} already exists in {reg.root} (kind {card.get('kind')}, "
+                        f"languages {','.join(card['languages'])}): choose another --name")
+    work = run.expert_work(name)
+    result, bcfg, val, texts = _train_copy(run.root, run.base(), langs, tokens, work, None,
+                                           progress, f"expert {name}")
+    card = {"name": name, "kind": "family", "family": family, "languages": langs, "parent": "base",
+            "tokens_trained": result.tokens, "tokens_by_lang": result.tokens_by_lang,
+            "train_loss": result.loss, "validation_loss": val, "cluster_method": "family",
+            "corpus": cfg.data.corpus, "typology_centroid": typology_centroid(langs, texts),
+            "config": dataclasses.asdict(bcfg.train) | {"languages": langs}}
+    card = reg.add(card, result.model)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)  # registered: the weights live there now
     return card

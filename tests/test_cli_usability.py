@@ -210,3 +210,106 @@ def test_readme_commands_parse_as_written():
         except SystemExit as e:
             if e.code:
                 pytest.fail(f"README command does not parse: {command}")
+
+
+# --------------------------------------------------------------------------- family experts, progress, plots
+def test_family_expert_is_trained_outside_the_plan(tiny_expert_run, tmp_path):
+    """`expert train --family` trains the base on the family's corpus languages and registers a
+    'family' expert that the plan's integrity checks (and so the equal-compute evaluation) ignore."""
+    from experts.plan_integrity import check_experts_match_plan
+    from experts.registry import run_registry
+    from xelm.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_expert_run, run)
+    done = xelm("expert", "train", "--run-dir", str(run), "--family", "Germanic", "--tokens", "512", "--json")
+    assert done.returncode == 0, done.stderr
+    (card,) = json.loads(done.stdout)
+    assert card["name"] == "family-germanic" and card["kind"] == "family" and card["parent"] == "base"
+    assert {"eng", "deu", "nld"} <= set(card["languages"]) <= family_members("Germanic")
+    assert "fra" not in card["languages"] and card["tokens_trained"] == 512
+    assert "family Germanic:" in done.stderr and "kind 'family'" in done.stderr
+    assert "eng was already in expert(s)" in done.stderr  # the cluster expert keeps it; both are routed
+    cards = run_registry(run).cards()
+    check_experts_match_plan(RunDir(run), RunDir(run).plan(), cards)  # the plan's experts are unchanged
+    assert sorted(c["name"] for c in cards if c.get("kind") == "cluster") == sorted(RunDir(run).plan()["clusters"])
+
+    assert cli(["expert", "train", "--run-dir", str(run), "--family", "germanic", "--tokens", "512",
+                "--json"]) == 0  # the same family again: the registered expert, not a second one
+    assert [c["name"] for c in run_registry(run).cards()].count("family-germanic") == 1
+    plan_cluster = next(iter(RunDir(run).plan()["clusters"]))
+    for argv, words in (
+            (["--family", "Germanik"], ["nearest: Germanic"]),
+            (["--family", "Germanic", "--all"], ["exactly one of"]),
+            (["--cluster", plan_cluster, "--name", "x"], ["--name goes with --family"]),
+            (["--family", "Germanic", "--name", plan_cluster], ["is a cluster of", "another --name"]),
+            (["--family", "Romance", "--name", "family-germanic"], ["already exists"])):
+        with pytest.raises(XelmError) as e:
+            cli(["expert", "train", "--run-dir", str(run), "--tokens", "512", *argv])
+        assert all(w in str(e.value) for w in words), (argv, str(e.value))
+
+
+def xelm_on_terminal(*argv: str, timeout: float = 300) -> tuple[int, str, str]:
+    """Run ``xelm`` with stderr on a pseudo-terminal (as a person sees it); (exit, stdout, stderr)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import tempfile
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # tqdm draws nothing at width 0
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "xelm", *argv], stdout=out, stderr=slave, cwd=ROOT)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout)
+        os.close(master)
+        out.seek(0)
+        return proc.returncode, out.read(), b"".join(chunks).decode(errors="replace")
+
+
+def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_run, tmp_path):
+    """`tokenizer stats` and `cluster --method model` show a bar where a person watches, and none
+    under --json or when stderr is not a terminal."""
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_tokenizer, tok)  # stats writes its plot beside the tokenizer
+    rc, out, err = xelm_on_terminal("tokenizer", "stats", str(tok), "--split", "validation")
+    assert rc == 0 and "tokenizer stats" in err and "text" in err.split("tokenizer stats", 1)[1], err
+    assert "tokens/word" in out
+    rc, out, err = xelm_on_terminal("tokenizer", "stats", str(tok), "--split", "validation", "--json")
+    assert rc == 0 and "tokenizer stats" not in err and json.loads(out)["summary"]["languages"] > 400
+    done = xelm("tokenizer", "stats", str(tok), "--split", "validation")
+    assert done.returncode == 0 and "tokenizer stats" not in done.stderr, done.stderr
+
+    plan = tmp_path / "model-plan.json"
+    rc, out, err = xelm_on_terminal("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",
+                                    "--languages", "eng,deu,fra,spa,rus,pol", "--out", str(plan))
+    assert rc == 0 and "embedding held-out text with the base encoder" in err, err
+    assert json.loads(plan.read_text())["method"] == "model"
+    done = xelm("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",
+                "--languages", "eng,deu,fra,spa,rus,pol", "--out", str(plan), "--json")
+    assert done.returncode == 0 and "embedding" not in done.stderr and json.loads(done.stdout)["method"] == "model"
+
+
+def test_a_loss_curve_of_too_few_logged_steps_is_said_not_drawn(tiny_tokenizer, tiny_overrides, tmp_path):
+    """Two steps log too few points for a curve: no empty picture, and the summary says why."""
+    from xelm.train import MIN_PLOTTED_LOGS
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_tokenizer, run / "tokenizer")
+    done = xelm("pretrain", "--config", "configs/udhr-tiny.yaml", "--run-dir", str(run), *tiny_overrides,
+                "train.steps=2", "train.warmup_steps=0", "train.log_every=1")
+    assert done.returncode == 0, done.stderr
+    assert f"plot none (a curve needs {MIN_PLOTTED_LOGS} logged steps" in done.stdout, done.stdout
+    assert not (run / "base" / "loss.png").exists()
+    assert json.loads((run / "base" / "summary.json").read_text())["plot"] is None

@@ -11,6 +11,7 @@ from functools import partial
 import jax
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from xelm.batches import MLMBatch, length_bucketed
 from xelm.model import Encoder
@@ -21,17 +22,21 @@ def _mean_pool(graphdef, state, batch: MLMBatch):
     return nnx.merge(graphdef, state).mean_pool(batch)
 
 
-def embed_texts(model: Encoder, tokenizer, texts: list[str], batch_size: int = 32, max_len: int = 128) -> np.ndarray:
+def embed_texts(model: Encoder, tokenizer, texts: list[str], batch_size: int = 32, max_len: int = 128,
+                progress: bool = False, desc: str = "embedding") -> np.ndarray:
     """[len(texts), hidden] mean-pooled final hidden states; a batch holds up to
-    ``batch_size * max_len`` padded tokens."""
+    ``batch_size * max_len`` padded tokens. ``progress``: a bar counting texts."""
     ids = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
     seqs = [np.asarray(seq, dtype=np.int32) for seq in ids]
     no_masks = [np.zeros(0, np.int32)] * len(seqs)
     graphdef, state = nnx.split(model)
     out = np.zeros((len(texts), model.cfg.hidden), np.float32)
-    for rows, batch in length_bucketed(seqs, no_masks, mask_id=tokenizer.pad_token_id, pad_id=tokenizer.pad_token_id,
-                                       batch_tokens=batch_size * max_len, max_len=max_len):
-        out[rows] = np.asarray(_mean_pool(graphdef, state, batch))[:len(rows)]
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=False) as bar:
+        for rows, batch in length_bucketed(seqs, no_masks, mask_id=tokenizer.pad_token_id,
+                                           pad_id=tokenizer.pad_token_id, batch_tokens=batch_size * max_len,
+                                           max_len=max_len):
+            out[rows] = np.asarray(_mean_pool(graphdef, state, batch))[:len(rows)]
+            bar.update(len(rows))
     return out
 
 

@@ -61,9 +61,10 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, 
                    progress=progress, desc="pretrain")
     if result.step >= cfg.train.steps:
         save_weights(result.model, run.base_model)
+    plot = run.base_dir / "loss.png"  # not drawn from fewer than MIN_PLOTTED_LOGS logged steps
     summary = {"step": result.step, "steps": cfg.train.steps, "loss": result.loss, "tokens": result.tokens,
                "languages": len(langs), "resumed_from": result.resumed_from,
                "complete": result.step >= cfg.train.steps,
-               "metrics": str(run.base_dir / "metrics.jsonl"), "plot": str(run.base_dir / "loss.png")}
+               "metrics": str(run.base_dir / "metrics.jsonl"), "plot": str(plot) if plot.is_file() else None}
     write_json(run.base_summary_file, {**summary, "tokens_by_lang": result.tokens_by_lang})
     return summary

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from xelm.data.sampling import sample_texts
@@ -23,6 +24,7 @@ from xelm.errors import XelmError
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 BYTE_PIECE_CHARS = sorted(set("".join(BYTE_TOKENS)))
+STATS_CHUNK = 256  # texts encoded at once by ``tokenizer_stats`` (a step of its progress bar)
 
 
 def train_tokenizer(texts_by_lang: dict[str, list[str]], vocab_size: int, out_dir: str | Path,
@@ -138,21 +140,27 @@ def byte_token_ids(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
 
 
 def tokenizer_stats(tokenizer: PreTrainedTokenizerFast, texts: list[str], langs: list[str],
-                    scripts: list[str]) -> dict[str, dict]:
-    """Per language: fertility (tokens per word and per character), unknown and byte rates."""
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+                    scripts: list[str], progress: bool = False) -> dict[str, dict]:
+    """Per language: fertility (tokens per word and per character), unknown and byte rates.
+    Texts are encoded a chunk at a time, under a progress bar when ``progress``."""
+    texts, langs, scripts = list(texts), list(langs), list(scripts)
     byte_ids = set(byte_token_ids(tokenizer).tolist())
     unk = tokenizer.unk_token_id
     acc: dict[str, dict] = defaultdict(lambda: dict(tokens=0, words=0, chars=0, unk=0, bytes=0))
     script_of = {}
-    for ids, text, lang, script in zip(enc, texts, langs, scripts):
-        a = acc[lang]
-        a["tokens"] += len(ids)
-        a["words"] += len(text.split())
-        a["chars"] += len(text)
-        a["unk"] += sum(i == unk for i in ids)
-        a["bytes"] += sum(i in byte_ids for i in ids)
-        script_of[lang] = script
+    with tqdm(total=len(texts), desc="tokenizer stats", unit="text", disable=not progress, leave=False) as bar:
+        for start in range(0, len(texts), STATS_CHUNK):
+            end = start + STATS_CHUNK
+            enc = tokenizer(texts[start:end], add_special_tokens=False)["input_ids"]
+            for ids, text, lang, script in zip(enc, texts[start:end], langs[start:end], scripts[start:end]):
+                a = acc[lang]
+                a["tokens"] += len(ids)
+                a["words"] += len(text.split())
+                a["chars"] += len(text)
+                a["unk"] += sum(i == unk for i in ids)
+                a["bytes"] += sum(i in byte_ids for i in ids)
+                script_of[lang] = script
+            bar.update(len(enc))
     return {lang: {
         "script": script_of[lang],
         "tokens": a["tokens"],

@@ -109,10 +109,15 @@ def _experts(sub) -> None:
 
     ex = sub.add_parser("expert", help="train, add, list, show and remove experts").add_subparsers(
         dest="expert_command", required=True)
-    p = _verb(ex, "train", "xelm.app.cmd_experts:cmd_train", "branch the base and train a cluster's expert (or --all)")
+    p = _verb(ex, "train", "xelm.app.cmd_experts:cmd_train",
+              "branch the base and train a cluster's expert (or --all), or a family's (--family)")
     common(p)
     p.add_argument("--cluster", help="a cluster name from DIR/clusters.json")
     p.add_argument("--all", action="store_true", help="every cluster, one after another")
+    p.add_argument("--family", metavar="NAME", help="a language family or branch (URIEL/Glottolog), e.g. Romance "
+                   "or Bantu (comma-separate several): one expert on its languages with text in the run's corpus, "
+                   "branched from the base, outside the cluster plan (kind 'family')")
+    p.add_argument("--name", help="with --family: the expert's name (default family-<name>)")
     p.add_argument("--tokens", type=int, help="token budget per expert (default: experts.tokens)")
     p.add_argument("--jobs", type=int, default=1, help="with --all: train this many experts at once, "
                    "each in its own process")
@@ -234,11 +239,15 @@ def _evaluate_and_demo(sub) -> None:
     s = _verb(sub, "evaluate", "xelm.app.evaluate:cmd_evaluate",
               "per-language held-out loss, transfer, routing; writes DIR/report/")
     s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="validation chooses configurations (DIR/report-validation/); test only reports (default)")
     _json(s)
 
     s = _verb(sub, "demo", "xelm.app.demo:cmd_demo", "the main job: every stage on the embedded corpus, resumable")
     s.add_argument("--config", type=Path, default=None, help="default: the packaged configs/udhr-demo.yaml")
     s.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    s.add_argument("--base-from", type=Path, metavar="RUN",
+                   help="start a new run from RUN's tokenizer and base (configs may differ only in experts.*)")
     s.add_argument("overrides", nargs="*", metavar="key=value")
     _json(s)
 

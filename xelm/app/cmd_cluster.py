@@ -5,7 +5,7 @@ from __future__ import annotations
 from clustering.build import build_plan, cached_corpus, needs_texts
 from clustering.planning import write_plan
 from experts.registry import run_registry
-from xelm.app.console import print_json
+from xelm.app.console import interactive, print_json
 from xelm.app.langargs import resolve_languages
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
@@ -22,7 +22,7 @@ def cmd_cluster(args) -> int:
     features = args.features or (ec.features if ec else None)
     result = build_plan(languages, corpus, args.method, args.k, balanced, args.seed, args.run_dir,
                         needs_texts(args.method, balanced, languages if args.languages and not by_script else None),
-                        features=features, by_script=by_script)
+                        features=features, by_script=by_script, progress=interactive(args))
     if held_out:
         result.plan["held_out"] = sorted(held_out)
     written = write_plan(result, out) if out else {}

@@ -14,6 +14,7 @@ from xelm.errors import XelmError
 from xelm.pretrain import pretrain
 from xelm.rundir import RunDir
 from xelm.tokenizer import load_tokenizer, plot_fertility, tokenizer_stats, train_tokenizer
+from xelm.train import MIN_PLOTTED_LOGS
 
 
 def cmd_data_stats(args) -> int:
@@ -51,7 +52,7 @@ def cmd_tokenizer_stats(args) -> int:
     split = load_corpus(args.corpus)[args.split]
     if not len(split):
         raise XelmError(f"corpus {args.corpus!r} has no {args.split} split: choose another with --split")
-    stats = tokenizer_stats(tok, split["text"], split["lang"], split["script"])
+    stats = tokenizer_stats(tok, split["text"], split["lang"], split["script"], progress=interactive(args))
     plot = plot_fertility(stats, Path(args.dir) / "fertility_by_script.png")
     worst = max(stats, key=lambda k: stats[k]["unk_rate"])
     summary = {
@@ -88,6 +89,8 @@ def cmd_pretrain(args) -> int:
         print_json(summary)
     else:
         state = "complete" if summary["complete"] else f"stopped at step {summary['step']} (re-run to resume)"
+        plot = summary.get("plot") or (f"none (a curve needs {MIN_PLOTTED_LOGS} logged steps; "
+                                       "a smaller train.log_every logs more)")
         print(f"base encoder {state}: loss {summary['loss']:.3f} after {summary['tokens']:,} tokens "
-              f"on {summary['languages']} languages; metrics {summary['metrics']}, plot {summary['plot']}")
+              f"on {summary['languages']} languages; metrics {summary['metrics']}, plot {plot}")
     return 0

@@ -8,8 +8,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from clustering.naming import slug
 from experts.registry import check_name, run_registry
-from experts.training import add_language, train_all, train_baseline, train_expert
+from experts.training import add_language, train_all, train_baseline, train_expert, train_family_expert
 from xelm.app.console import print_json
 from xelm.app.langargs import note, resolve_languages, warn
 from xelm.data import load_corpus
@@ -44,9 +45,13 @@ def _budget_notes(cards: list[dict], asked: int | None) -> None:
 
 
 def cmd_train(args) -> int:
-    if args.all == bool(args.cluster):
-        raise XelmError("give exactly one of --cluster NAME or --all")
-    if args.all and args.jobs > 1:
+    if [bool(args.cluster), args.all, args.family is not None].count(True) != 1:
+        raise XelmError("give exactly one of --cluster NAME, --all or --family NAME")
+    if args.name is not None and args.family is None:
+        raise XelmError("--name goes with --family: a cluster's expert is named after its cluster")
+    if args.family is not None:
+        cards = [_train_family(args)]
+    elif args.all and args.jobs > 1:
         cards = train_parallel(args.run_dir, args.tokens, args.registry, args.jobs)
     elif args.all:
         cards = train_all(args.run_dir, args.tokens, args.registry, progress=not args.json)
@@ -82,12 +87,34 @@ def train_parallel(run_dir: Path, tokens: int | None, registry: str | None, jobs
     return [reg.card(n) for n in names]
 
 
+def _train_family(args) -> dict:
+    """``expert train --family``: the base trained on a family's corpus languages, outside the plan."""
+    run = RunDir(args.run_dir)
+    corpus = run.config().data.corpus
+    langs = resolve_languages(None, args.family, _corpus_languages(corpus), corpus)
+    name = args.name or f"family-{slug(args.family)}"
+    before = run_registry(run, args.registry).cards()
+    card = train_family_expert(args.run_dir, langs, args.tokens, name, args.family, args.registry,
+                               progress=not args.json)
+    if not card.get("skipped"):
+        note(f"{card['name']} is a family expert (kind 'family'), outside the cluster plan: the equal-compute "
+             "evaluation (cluster experts vs dense) leaves it out, the routers weigh it with the other experts")
+        _covered_note(card, [c for c in before if c["name"] != card["name"]])
+    return card
+
+
+def _corpus_languages(corpus: str) -> set[str]:
+    """The languages with training text in ``corpus``: those a ``--family`` may resolve to."""
+    train = load_corpus(corpus)["train"]
+    return {lang for lang, text in zip(train["lang"], train["text"]) if text.strip()}
+
+
 def cmd_add(args) -> int:
     run = RunDir(args.run_dir)
     corpus = args.corpus or run.config().data.corpus
-    available = set(load_corpus(corpus)["train"]["lang"]) if args.family else None
+    available = _corpus_languages(corpus) if args.family else None
     langs = resolve_languages(args.languages, args.family, available, corpus)
-    name = args.name or (f"hmr-{_slug(args.family)}" if args.family and not args.languages else None)
+    name = args.name or (f"hmr-{slug(args.family)}" if args.family and not args.languages else None)
     before = run_registry(run, args.registry).cards()
     card = add_language(args.run_dir, langs, args.tokens, args.parent, name, args.corpus,
                         args.registry, progress=not args.json)
@@ -100,10 +127,6 @@ def cmd_add(args) -> int:
     _budget_notes([card], args.tokens)
     _repetition_warning(run, card, args.corpus or corpus)
     return 0
-
-
-def _slug(text: str) -> str:
-    return "-".join("".join(ch if ch.isalnum() else " " for ch in text.casefold()).split())
 
 
 def _parent_line(card: dict, before: list[dict]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import shutil
 from pathlib import Path
 
 import yaml
@@ -139,6 +140,27 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.config_file)
             write_json(self.versions_file, versions())
+        return self
+
+    def adopt_base(self, source: str | Path | RunDir, cfg: RunConfig) -> RunDir:
+        """Start this (new) run from ``source``'s finished tokenizer and base encoder: an ablation
+        of the expert stages (clusters, k, budgets) without pre-training again. The configs must
+        agree on everything but ``experts``, so the base is exactly what this config would train."""
+        source = RunDir(source)
+        if self.root.exists() and any(self.root.iterdir()):
+            raise XelmError(f"--base-from needs a new run directory, and {self.root} is not empty; "
+                            "give a new --run-dir")
+        if not source.has_base() or not source.base_summary().get("complete"):
+            raise XelmError(f"{source.root} has no finished base encoder to start from: run `xelm pretrain "
+                            f"--run-dir {source.root}` to the end first")
+        mine, theirs = to_dict(cfg), to_dict(source.config())
+        mine.pop("experts"), theirs.pop("experts")
+        if mine != theirs:
+            raise XelmError(f"--base-from {source.root}: its base was trained under another config "
+                            f"({_first_difference(theirs, mine)}); only the experts section may differ")
+        self.prepare(cfg)
+        shutil.copytree(source.tokenizer_dir, self.tokenizer_dir)
+        shutil.copytree(source.base_dir, self.base_dir, ignore=shutil.ignore_patterns("checkpoints"))
         return self
 
     def config(self) -> RunConfig:

@@ -68,10 +68,14 @@ class StageClock:
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
-             progress: bool = True) -> dict:
+             progress: bool = True, base_from: str | Path | None = None) -> dict:
+    """Every stage into ``run_dir``; ``base_from``: a finished run whose tokenizer and base to
+    start from (the same config but for ``experts``), as an ablation of the expert stages does."""
     cfg = load_config(config_path(config), overrides)
     parse_features(cfg.experts.features)  # a typo fails now, not after pre-training
     run = RunDir(run_dir)
+    if base_from is not None and not run.is_run():
+        run.adopt_base(base_from, cfg)
     run_dir = run.root
     say = print if progress else (lambda *a, **k: None)
     t0, clock = time.perf_counter(), StageClock()
@@ -153,7 +157,7 @@ def _add_held_out(run: RunDir, lang: str, tokens: int, cluster_experts: list[str
 
 
 def cmd_demo(args) -> int:
-    summary = run_demo(args.config, args.run_dir, args.overrides, progress=not args.json)
+    summary = run_demo(args.config, args.run_dir, args.overrides, progress=not args.json, base_from=args.base_from)
     if args.json:
         print_json(summary)
     return 0

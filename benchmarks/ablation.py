@@ -1,0 +1,123 @@
+"""The X-ELM ablation: which cluster plan, k and expert budget make experts beat the dense model
+at equal compute. Every row starts from one finished base (``--base``: tokenizer and encoder
+pre-trained once), so rows differ only in ``experts.*``; each row trains its plan's experts and
+the equal-compute dense baseline that replays their batches, then is evaluated on the
+validation split (which *chooses*) and on the test split (which only reports).
+
+    python benchmarks/ablation.py --base runs/demo --out runs/ablation
+    python benchmarks/ablation.py --base runs/demo --out runs/ablation --rows typology-k4 script-k8
+
+Prints one line per row and the row validation picks; writes OUT/ablation.json and
+OUT/ablation.md. Rows already complete under OUT are read back, not recomputed. HMR is not part
+of the comparison (the demo adds it), so rows skip it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clustering.build import build_plan  # noqa: E402
+from clustering.planning import write_plan  # noqa: E402
+from experts.plan_integrity import plan_languages  # noqa: E402
+from experts.training import train_all, train_baseline  # noqa: E402
+from xelm.app.evaluate import evaluate  # noqa: E402
+from xelm.config import from_dict, to_dict  # noqa: E402
+from xelm.files import read_json, write_json, write_text  # noqa: E402
+from xelm.rundir import RunDir  # noqa: E402
+
+# name -> experts.* overrides; per-expert tokens are steps x 32 rows x 128 tokens.
+ROWS = {
+    "typology-k4-32": {"k": 4, "tokens": 131072},
+    "script-k8-16": {"k": 8, "by_script": True, "tokens": 65536},
+    "script-k8-32": {"k": 8, "by_script": True, "tokens": 131072},
+    "script-k8-32-lr3e-3": {"k": 8, "by_script": True, "tokens": 131072, "lr": 0.003},
+    "tfidf-k8-32": {"method": "tfidf", "k": 8, "tokens": 131072},
+    "script-k16-16": {"k": 16, "by_script": True, "tokens": 65536},
+}
+FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
+           "mean_delta_ci")
+
+
+def run_row(base: RunDir, out: Path, name: str, experts: dict, splits: list[str]) -> dict:
+    run = RunDir(out / name)
+    cfg = base.config()
+    cfg = from_dict(to_dict(cfg) | {"experts": to_dict(cfg)["experts"] | experts})
+    if not run.is_run():
+        run.adopt_base(base, cfg)
+    ec, t0, seconds = cfg.experts, time.perf_counter(), {}
+    if not run.plan_file.exists():
+        result = build_plan(plan_languages(run), cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed,
+                            run.root, features=ec.features, by_script=ec.by_script)
+        write_plan(result, run.plan_file)
+    seconds["plan"] = time.perf_counter() - t0
+    train_all(run.root)
+    seconds["experts"] = time.perf_counter() - t0 - sum(seconds.values())
+    train_baseline(run.root)
+    seconds["dense"] = time.perf_counter() - t0 - sum(seconds.values())
+    figures = {}
+    for split in splits:
+        done = run.report_for(split) / "metrics.json"
+        m = read_json(done) if done.exists() else evaluate(run.root, progress=True, split=split)
+        figures[split] = {k: m["summary"][k] for k in FIGURES} | {
+            "mean_loss": {k: m["summary"]["mean_loss"].get(k) for k in ("dense", "xelm:tfidf@1", "own_expert")}}
+        seconds[f"evaluate {split}"] = time.perf_counter() - t0 - sum(seconds.values())
+    plan = run.plan()
+    return {"row": name, "experts": experts, "clusters": {n: len(m) for n, m in plan["clusters"].items()},
+            "mixed_scripts": plan.get("mixed_scripts"), "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            **figures}
+
+
+def chosen(rows: list[dict]) -> dict:
+    """Validation picks: most languages improved, then fewest significant losses."""
+    return max(rows, key=lambda r: (r["validation"]["improved_fraction"], -r["validation"]["significant_losses"]))
+
+
+def line(r: dict, split: str) -> str:
+    f = r.get(split)
+    if not f:
+        return "n/a"
+    lo, hi = f["mean_delta_ci"]
+    return (f"{f['improved_fraction']:.1%} better, {f['significant_wins']} sig. wins / {f['significant_losses']} "
+            f"sig. losses, mean Δ {f['mean_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", type=Path, required=True, help="a run with a finished tokenizer and base")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rows", nargs="*", choices=sorted(ROWS), default=list(ROWS))
+    ap.add_argument("--splits", nargs="*", default=["validation", "test"], choices=["validation", "test"])
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in a.rows:
+        results.append(run_row(RunDir(a.base), a.out, name, ROWS[name], a.splits))
+        r = results[-1]
+        print(f"{name}: validation {line(r, 'validation')}; test {line(r, 'test')}; seconds {r['seconds']}",
+              flush=True)
+    report = {"rows": results}
+    md = ["| row | clusters | validation | test | seconds (experts / dense / evaluation) |", "|---|---|---|---|---|"]
+    for r in results:
+        s = r["seconds"]
+        ev = sum(v for k, v in s.items() if k.startswith("evaluate"))
+        md.append(f"| {r['row']} | {len(r['clusters'])} | {line(r, 'validation')} | {line(r, 'test')} | "
+                  f"{s['experts']:.0f} / {s['dense']:.0f} / {ev:.0f} |")
+    if all("validation" in r for r in results):
+        pick = chosen(results)
+        report["chosen_by_validation"] = pick["row"]
+        md.append(f"\nValidation picks **{pick['row']}** (most languages improved, then fewest significant losses).")
+        print(f"validation picks {pick['row']}")
+    write_json(a.out / "ablation.json", report)
+    write_text(a.out / "ablation.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    print(json.dumps({"written": str(a.out / "ablation.json")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -163,7 +163,7 @@ class XELM:
         graphdef, states = self.pool.stacked(tuple(experts or self.names))
         return label_table(graphdef, states, seqs, masks, self.tokenizer, self.batch_tokens, self.max_len)
 
-    def _groups(self, routing: Routing):
+    def groups(self, routing: Routing):
         """(expert names, text rows, [rows, experts] weights) for each set of experts needed."""
         for names, rows in routing.groups().items():
             cols = [routing.names.index(n) for n in names]
@@ -178,7 +178,7 @@ class XELM:
         routing = self.route(texts, router, top_k, lang)
         seqs, masks = prepare(self.tokenizer, texts, self.max_len, seed)
         total, count = np.zeros(len(texts)), np.zeros(len(texts), np.int64)
-        for names, rows, w in self._groups(routing):
+        for names, rows, w in self.groups(routing):
             graphdef, states = self.pool.stacked(names)
             t, c = mixture_nll(graphdef, states, w, [seqs[i] for i in rows], [masks[i] for i in rows],
                                self.tokenizer, self.batch_tokens, self.max_len)
@@ -193,7 +193,7 @@ class XELM:
         tok, context = self.tokenizer, mask_context(text)
         routing = self.route([context], router, top_k, lang)
         seq, where = encode_masked(tok, text, self.max_len)
-        (names, _, w), = self._groups(routing)
+        (names, _, w), = self.groups(routing)
         graphdef, states = self.pool.stacked(names)
         _, b = next(length_bucketed([seq], [where], mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
                                     batch_tokens=1, max_len=self.max_len))
@@ -214,7 +214,7 @@ class XELM:
         routing = self.route(texts, router, top_k, lang)
         seqs = encode(self.tokenizer, texts, self.max_len)
         out = None
-        for names, rows, w in self._groups(routing):
+        for names, rows, w in self.groups(routing):
             graphdef, states = self.pool.stacked(names)
             empty = [np.zeros(0, np.int32)] * len(rows)
             for b_rows, b in length_bucketed([seqs[i] for i in rows], empty, mask_id=self.tokenizer.mask_token_id,

@@ -59,6 +59,14 @@ def label_logprobs(graphdef, one_by_one: bool, states_E, batch: MLMBatch):
 
 
 @partial(jax.jit, static_argnums=(0, 1))
+def mixture_label_nll(graphdef, one_by_one: bool, states_E, logw_BxE, batch: MLMBatch):
+    """[B] -Σ_k log Σ_e w_be p_e(true token k) over each row's real masks: the mixture's summed
+    loss per text in one compiled call (serving: no per-batch work left outside it)."""
+    mix_BxK = mixture_logprobs(label_logprobs(graphdef, one_by_one, states_E, batch), logw_BxE)
+    return -(mix_BxK * batch.mask_weights_BxK).sum(1)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
 def mixture_vocab_logprobs(graphdef, one_by_one: bool, states_E, logw_BxE, batch: MLMBatch):
     """[B, K, V] the mixture's log p(. | text) at the masked positions (fill-mask)."""
     def one(state):

@@ -8,7 +8,7 @@ from flax import nnx
 
 from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
 from routing.masking import MASK_RATIO, check_texts, choose_masks, encode, mask_sets
-from xelm.batches import length_bucketed
+from xelm.batches import MIN_LEN, MLMBatch, bucket, length_bucketed
 
 BATCH_TOKENS = 4096  # padded tokens (rows x length) per compiled call
 MAX_LEN = 512
@@ -94,3 +94,82 @@ def score_model(model, tokenizer, texts, batch_tokens: int = BATCH_TOKENS, max_l
 def per_token(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Mean loss per masked token; NaN for a text with nothing to mask."""
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+# ------------------------------------------------------------- fixed shapes (serving)
+ROW_BUCKETS = (1, 4, 16, 64)  # rows per compiled call: few shapes to compile
+CALL_TOKENS = 2048  # padded tokens (rows x length) per compiled call, at most
+
+
+def length_buckets(max_len: int) -> list[int]:
+    """Every padded length a text can get: powers of two from ``MIN_LEN``, capped at ``max_len``."""
+    out, s = [], MIN_LEN
+    while True:
+        out.append(min(s, max_len))
+        if s >= max_len:
+            return sorted(set(out))
+        s *= 2
+
+
+def row_buckets(length: int, call_tokens: int = CALL_TOKENS) -> list[int]:
+    return [b for b in ROW_BUCKETS if b * length <= call_tokens] or [1]
+
+
+def mask_slots(length: int, ratio: float = MASK_RATIO) -> int:
+    """Mask slots K of a row padded to ``length``: enough for any text of that length
+    (:func:`routing.masking.choose_masks` masks round(ratio x its non-special tokens))."""
+    return bucket(max(1, round(ratio * length)))
+
+
+def shape_grid(max_len: int, call_tokens: int = CALL_TOKENS) -> list[tuple[int, int]]:
+    """Every (rows, length) :func:`fixed_shape_batches` makes: what a server compiles up front."""
+    return [(b, s) for s in length_buckets(max_len) for b in row_buckets(s, call_tokens)]
+
+
+def _chunks(n: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """(real rows, padded rows) covering ``n`` rows: pad up to the next size when at least 3/4
+    of its rows are real, else take the largest size that fits and go on. On a CPU a padding
+    row costs as much as a real one, more than another call does."""
+    out = []
+    while n > 0:
+        up = next((b for b in sizes if b >= n), None)
+        if up is not None and 4 * n >= 3 * up:
+            out.append((n, up))
+            break
+        take = max(b for b in sizes if b <= n)
+        out.append((take, take))
+        n -= take
+    return out
+
+
+def fixed_shape_batches(seqs: list[np.ndarray], masks: list[np.ndarray], *, mask_id: int, pad_id: int,
+                        max_len: int, ratio: float | None = MASK_RATIO, call_tokens: int = CALL_TOKENS):
+    """Yield (rows, batch) like ``xelm.batches.length_bucketed``, but every batch has a shape of
+    :func:`shape_grid` (and K = :func:`mask_slots` of its length, or the next power of two of
+    the most masks when ``ratio`` is None): a server compiles each shape once, at start. A text
+    is padded to its own length bucket whatever it is batched with."""
+    by_len: dict[int, list[int]] = {}
+    for i, seq in enumerate(seqs):
+        by_len.setdefault(bucket(len(seq), MIN_LEN, max_len), []).append(i)
+    for s in sorted(by_len):
+        idx = by_len[s]
+        start = 0
+        for n, b in _chunks(len(idx), row_buckets(s, call_tokens)):
+            rows = np.array(idx[start:start + n])
+            start += n
+            most = max(len(masks[i]) for i in rows)
+            k = bucket(most) if ratio is None else max(mask_slots(s, ratio), bucket(most))
+            yield rows, padded_batch([seqs[i] for i in rows], [masks[i] for i in rows], b, s, k, mask_id, pad_id)
+
+
+def padded_batch(seqs, masks, b: int, s: int, k: int, mask_id: int, pad_id: int) -> MLMBatch:
+    """One [b, s] batch of ``seqs`` (fewer rows than b: padding rows), ``masks`` set to [MASK]."""
+    ids = np.full((b, s), pad_id, np.int32)
+    seg = np.zeros((b, s), np.int32)
+    mpos, labels, weights = np.zeros((b, k), np.int32), np.zeros((b, k), np.int32), np.zeros((b, k), np.float32)
+    for r, (seq, m) in enumerate(zip(seqs, masks)):
+        ids[r, :len(seq)], seg[r, :len(seq)] = seq, 1
+        mpos[r, :len(m)], labels[r, :len(m)], weights[r, :len(m)] = m, seq[m], 1.0
+        ids[r, m] = mask_id
+    pos = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
+    return MLMBatch(ids, seg, pos, mpos, labels, weights)

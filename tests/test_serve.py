@@ -27,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from experts.registry import Registry
 from experts.training import add_language
 from routing import XELM
+from routing.ensemble import mixture_embeddings, mixture_label_nll
+from routing.scoring import fixed_shape_batches, mask_slots, shape_grid
 from xelm.app.serve import create_app, listen
 from xelm.app.serve_engine import Engine
 
@@ -186,6 +188,36 @@ def test_concurrent_requests_are_batched_with_the_answers_they_get_alone(server)
     traffic = sum(v for k, v in after.items() if k.startswith("xelm_expert_texts_total"))
     assert traffic >= len(texts)
     assert after["xelm_request_latency_seconds_count{endpoint=/score}"] >= len(texts)
+
+
+def test_fixed_shape_batches_cover_every_text_once_in_grid_shapes():
+    rng = np.random.default_rng(0)
+    seqs = [np.arange(n, dtype=np.int32) + 10 for n in rng.integers(3, 257, 90)]
+    masks = [np.sort(rng.choice(np.arange(1, len(q) - 1), max(1, round(0.15 * (len(q) - 2))), replace=False))
+             .astype(np.int32) for q in seqs]
+    grid, seen = set(shape_grid(256)), []
+    for rows, b in fixed_shape_batches(seqs, masks, mask_id=4, pad_id=0, max_len=256):
+        shape = b.input_ids_BxS.shape
+        assert shape in grid and b.mask_labels_BxK.shape[1] == mask_slots(shape[1])
+        assert len(rows) * 4 >= 3 * shape[0]  # at most a quarter of the rows are padding
+        for r, i in enumerate(rows):
+            assert shape[1] == min(256, max(16, 1 << (len(seqs[i]) - 1).bit_length()))  # its own bucket
+            assert (b.mask_labels_BxK[r, :len(masks[i])] == seqs[i][masks[i]]).all()
+            assert b.mask_weights_BxK[r].sum() == len(masks[i])
+        seen += list(rows)
+    assert sorted(seen) == list(range(len(seqs)))
+
+
+def test_requests_after_warm_up_compile_nothing(server):
+    """Warm-up compiled every batch shape of the default routing: traffic of any mix of lengths
+    and batch sizes runs on compiled calls only (a compile on the request path costs seconds)."""
+    before = mixture_label_nll._cache_size(), mixture_embeddings._cache_size()
+    words = " ".join(TEXTS).split()
+    bodies = [{"text": " ".join(words[:n])} for n in (1, 3, 9, 30, 60, 5, 2, 17, 40, 12, 7, 25)]
+    for path in ("/score", "/embed"):
+        assert [r.status_code for r in _post_many(server.url, path, bodies)] == [200] * len(bodies)
+        assert server.client.post(path, json={"text": [b["text"] for b in bodies]}).status_code == 200
+    assert (mixture_label_nll._cache_size(), mixture_embeddings._cache_size()) == before
 
 
 # ----------------------------------------------------------------------- bad requests

@@ -1,9 +1,16 @@
 """The engine behind ``xelm serve``: one thread runs ``routing.XELM``, fed by dynamic batches.
 
 Requests that arrive together (while the engine is busy, or within a short wait when it is
-idle) form one batch, up to a token budget; the batch's jobs with the same options become one
-``XELM`` call, which groups its texts by the experts they need. Every answer depends on its
-own text only (masks are seeded by the text), so batching does not change it.
+idle) form one batch, up to a token budget; the batch's jobs with the same options are routed
+in one ``XELM.route`` call, and their texts that need the same experts run together. Every
+answer depends on its own text only (masks are seeded by the text), so batching does not
+change it beyond float rounding.
+
+Shapes: the ensemble's compiled calls see only the few (rows, length) shapes of
+``routing.scoring.shape_grid`` (a text padded to its own length bucket, rows to 1/4/16/64),
+and warm-up compiles every one of them for the all-experts stack before ``/ready`` says yes:
+otherwise each new mix of batch size and lengths would compile on the request path (seconds).
+The maths is ``XELM``'s (same masks, same mixture), one compiled call per batch shape.
 
 A watcher hashes the registry's index; when the experts' fingerprint changes it builds and
 warms a new ``XELM`` (routers refit, experts loaded) off the request path and swaps it in
@@ -28,9 +35,13 @@ import numpy as np
 from experts.registry import run_registry
 from routing import XELM, Routing
 from routing.api import mask_context
+from routing.ensemble import mixture_embeddings, mixture_label_nll, mixture_vocab_logprobs, sequential
+from routing.masking import MASK_RATIO, choose_masks, encode
 from routing.runfiles import fingerprint
+from routing.scoring import CALL_TOKENS, fixed_shape_batches, mask_slots, padded_batch, per_token, shape_grid
 from xelm.app.serve_metrics import Metrics
 from xelm.errors import XelmError
+from xelm.fillmask import encode_masked, fillers
 from xelm.rundir import RunDir
 
 log = logging.getLogger("xelm.serve")
@@ -79,8 +90,9 @@ class Served:
 class Engine:
     def __init__(self, run_dir: str | Path, registry: str | None = None, *, max_batch_tokens: int = 8192,
                  max_queue: int = 256, max_wait_s: float = 0.005, watch_interval_s: float = 1.0,
-                 temperature: float = 0.1, prior: str = "uniform", metrics: Metrics | None = None):
-        self.run_dir, self.registry_arg = Path(run_dir), registry
+                 temperature: float = 0.1, prior: str = "uniform", metrics: Metrics | None = None,
+                 call_tokens: int = CALL_TOKENS):
+        self.run_dir, self.registry_arg, self.call_tokens = Path(run_dir), registry, call_tokens
         self.max_batch_tokens, self.max_queue, self.max_wait_s = max_batch_tokens, max_queue, max_wait_s
         self.watch_interval_s, self.temperature, self.prior = watch_interval_s, temperature, prior
         self.metrics = metrics or Metrics()
@@ -93,6 +105,7 @@ class Engine:
         self._carry: Job | None = None
         self._tasks: list[asyncio.Task] = []
         self._seen_digest = self.served.index_digest
+        self.shapes_seen: set[tuple] = set()  # (kind, experts, rows, length, mask slots) of calls run
         self.metrics.experts.set(len(self.served.model.names))
         self.metrics.queue_depth.set_function(self.depth)
 
@@ -110,19 +123,52 @@ class Engine:
         return Served(model, fingerprint(model.registry_cards), digest, OrderedDict())
 
     @staticmethod
-    def _warm(model: XELM) -> None:
+    def _load(model: XELM) -> None:
         """Fit the default router and load every expert, so the first requests do not pay."""
         model.route([WARM_TEXT], "tfidf")
         for name in model.names:
             model.pool.get(name)
-        model.score([WARM_TEXT])
+
+    def grid(self, model: XELM) -> list[tuple]:
+        """The calls warm-up compiles: score and embed, every batch shape, all experts stacked
+        (the default router's groups), as (kind, experts, rows, length, mask slots)."""
+        n = len(model.names)
+        return [(kind, n, b, s, mask_slots(s) if kind == "score" else 1)
+                for kind in ("score", "embed") for b, s in shape_grid(model.max_len, self.call_tokens)]
+
+    def _compile(self, model: XELM, shapes, served: Served | None = None) -> None:
+        """Run each (kind, experts, rows, length, mask slots) call once on padding, so that it is
+        compiled; stop early if ``served`` is no longer the generation served."""
+        t0, tok, done = time.perf_counter(), model.tokenizer, 0
+        for kind, n, b, s, k in shapes:
+            if served is not None and self.served is not served:
+                break
+            graphdef, states = model.pool.stacked(tuple(model.names[:n]))
+            batch = padded_batch([], [], b, s, k, tok.mask_token_id, tok.pad_token_id)
+            fn = {"score": mixture_label_nll, "embed": mixture_embeddings, "fill-mask": mixture_vocab_logprobs}[kind]
+            fn(graphdef, sequential(batch), states, np.zeros((b, n), np.float32), batch).block_until_ready()
+            done += 1
+        log.info("compiled %d batch shapes for %d experts in %.1f s", done, len(model.names),
+                 time.perf_counter() - t0)
+
+    def _warm(self, model: XELM) -> None:
+        self._load(model)
+        self._compile(model, self.grid(model))
 
     def _build_if_changed(self) -> Served | None:
+        """A new generation if the experts changed, ready to serve the shapes traffic has used
+        so far (the rest of the grid compiles after the swap, while it serves)."""
         served = self._build()
         if served.fingerprint == self.served.fingerprint:
             return None
-        self._warm(served.model)
+        self._load(served.model)
+        self._compile(served.model, self._hot_shapes(served.model))
         return served
+
+    def _hot_shapes(self, model: XELM) -> list[tuple]:
+        """The calls traffic has made, for ``model``'s experts (all experts stay all experts)."""
+        n, before = len(model.names), len(self.served.model.names)
+        return sorted({(kind, n if e == before else min(e, n), b, s, k) for kind, e, b, s, k in list(self.shapes_seen)})
 
     def _swap(self, served: Served, how: str) -> None:
         old = self.served
@@ -144,8 +190,18 @@ class Engine:
                 self._seen_digest = digest
                 if served is not None:
                     self._swap(served, "watcher")
+                    rest = [shape for shape in self.grid(served.model) if shape not in self._hot_shapes(served.model)]
+                    self._tasks.append(asyncio.create_task(self._compile_rest(loop, served, rest)))
             except Exception as e:  # a registry mid-change or damaged: keep serving the old one, retry
                 log.warning("registry not reloaded (will retry): %s", api_message(e))
+
+    async def _compile_rest(self, loop, served: Served, shapes) -> None:
+        try:
+            await loop.run_in_executor(None, self._compile, served.model, shapes, served)
+        except Exception as e:  # requests compile what they need themselves: never fatal
+            log.warning("background compilation stopped: %s", api_message(e))
+        finally:
+            self._tasks = [t for t in self._tasks if not t.done() and t is not asyncio.current_task()]
 
     def _model_for(self, served: Served, temperature: float | None) -> XELM:
         """The XELM for a TF-IDF temperature (it is a constructor option): one per temperature,
@@ -281,21 +337,22 @@ class Engine:
         lang = [code for j in jobs for code in j.langs] if o.with_lang else None
         if kind == "fill-mask":
             routing = model.route([mask_context(t) for t in texts], o.router, o.experts, lang)
-            per_text = [model.fill_mask(t, o.top_k, _row(routing, i)) for i, t in enumerate(texts)]
+            per_text = fill_mask(model, texts, routing, o.top_k, self.call_tokens, self.shapes_seen)
         else:
             routing = model.route(texts, o.router, o.experts, lang)
             if kind == "route":
                 per_text = [routing.to_json(i) for i in range(len(texts))]
             elif kind == "score":
-                loss, count = model.score(texts, routing, return_counts=True)
+                loss, count = score(model, texts, routing, self.call_tokens, self.shapes_seen)
                 per_text = [{"loss": None if np.isnan(v) else float(v), "masked_tokens": int(n), **routing.to_json(i)}
                             for i, (v, n) in enumerate(zip(loss, count))]
             else:
-                vecs = model.embed(texts, routing)
+                vecs = embed(model, texts, routing, self.call_tokens, self.shapes_seen)
                 per_text = [{"embedding": v.tolist(), **routing.to_json(i)} for i, v in enumerate(vecs)]
-        for i in range(len(texts)):
-            for e in routing.experts(i):
-                self.metrics.expert_texts.labels(e["name"]).inc()
+        names, counts = np.array(routing.names), (routing.weights > 0).sum(0)
+        for name, n in zip(names, counts):
+            if n:
+                self.metrics.expert_texts.labels(name).inc(int(n))
         out, start = [], 0
         for j in jobs:
             out.append(per_text[start:start + len(j.texts)])
@@ -303,5 +360,69 @@ class Engine:
         return out
 
 
-def _row(routing: Routing, i: int) -> Routing:
-    return Routing(routing.names, routing.weights[i:i + 1], routing.router, routing.notes[i:i + 1])
+# -------------------------------------------- XELM's maths over fixed batch shapes
+# ``XELM.score`` / ``embed`` / ``fill_mask`` compute the same (same masks, same mixture), batched by
+# ``xelm.batches.length_bucketed``, whose shapes follow the mix of texts; here every compiled call
+# has a shape of ``routing.scoring.shape_grid``, compiled once at warm-up.
+
+def _each_batch(model: XELM, routing: Routing, seqs, masks, ratio, call_tokens, seen: tuple[str, set] | None):
+    """(rows of the texts, batch, [B, E] weights of its rows, graphdef, stacked states) per
+    compiled call: texts that need the same experts together, in fixed shapes (each added to
+    ``seen``'s set as (its kind, experts, rows, length, mask slots))."""
+    tok = model.tokenizer
+    for names, rows, w in model.groups(routing):
+        graphdef, states = model.pool.stacked(names)
+        rows = np.asarray(rows)
+        for b_rows, b in fixed_shape_batches([seqs[i] for i in rows], [masks[i] for i in rows],
+                                             mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                                             max_len=model.max_len, ratio=ratio, call_tokens=call_tokens):
+            w_BxE = np.ones((len(b.input_ids_BxS), len(names)))
+            w_BxE[:len(b_rows)] = w[b_rows]
+            if seen is not None:
+                seen[1].add((seen[0], len(names), *b.input_ids_BxS.shape, b.mask_labels_BxK.shape[1]))
+            yield rows[b_rows], b, w_BxE, graphdef, states
+
+
+def score(model: XELM, texts: list[str], routing: Routing, call_tokens: int = CALL_TOKENS, seen: set | None = None):
+    """(per-text loss, masked tokens per text): ``XELM.score(texts, routing, return_counts=True)``."""
+    seqs = encode(model.tokenizer, texts, model.max_len)
+    special = np.array(model.tokenizer.all_special_ids)
+    masks = [choose_masks(s, special, MASK_RATIO, 0) for s in seqs]
+    total, count = np.zeros(len(texts)), np.array([len(m) for m in masks], np.int64)
+    for rows, b, w_BxE, graphdef, states in _each_batch(model, routing, seqs, masks, MASK_RATIO, call_tokens,
+                                                          ("score", seen) if seen is not None else None):
+        logw_BxE = np.log(np.maximum(w_BxE, 1e-30)).astype(np.float32)
+        nll_B = np.asarray(mixture_label_nll(graphdef, sequential(b), states, logw_BxE, b))
+        total[rows] = nll_B[:len(rows)]
+    return per_token(total, count), count
+
+
+def embed(model: XELM, texts: list[str], routing: Routing, call_tokens: int = CALL_TOKENS,
+          seen: set | None = None) -> np.ndarray:
+    """``XELM.embed(texts, routing)``."""
+    seqs = encode(model.tokenizer, texts, model.max_len)
+    empty = [np.zeros(0, np.int32)] * len(seqs)
+    out = None
+    for rows, b, w_BxE, graphdef, states in _each_batch(model, routing, seqs, empty, None, call_tokens,
+                                                          ("embed", seen) if seen is not None else None):
+        w_BxE[len(rows):] = 0
+        vec_BxD = np.asarray(mixture_embeddings(graphdef, sequential(b), states, w_BxE.astype(np.float32), b))
+        if out is None:
+            out = np.zeros((len(texts), vec_BxD.shape[1]), np.float32)
+        out[rows] = vec_BxD[:len(rows)]
+    return out
+
+
+def fill_mask(model: XELM, texts: list[str], routing: Routing, top_k: int, call_tokens: int = CALL_TOKENS,
+              seen: set | None = None) -> list:
+    """Per text, ``XELM.fill_mask(text, top_k, routing of that text)``."""
+    encoded = [encode_masked(model.tokenizer, t, model.max_len) for t in texts]
+    seqs, wheres = [s for s, _ in encoded], [w for _, w in encoded]
+    out: list = [None] * len(texts)
+    for rows, b, w_BxE, graphdef, states in _each_batch(model, routing, seqs, wheres, None, call_tokens,
+                                                          ("fill-mask", seen) if seen is not None else None):
+        logp_BxKxV = np.asarray(mixture_vocab_logprobs(graphdef, sequential(b), states,
+                                                       np.log(w_BxE).astype(np.float32), b))
+        for r, i in enumerate(rows):
+            out[i] = fillers(model.tokenizer, seqs[i], wheres[i], logp_BxKxV[r, :len(wheres[i])], top_k)
+    return out

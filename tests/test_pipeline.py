@@ -34,14 +34,18 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     for lang, row in m["languages"].items():  # routing by the language = that language's own expert
         if row["cluster"]:
             assert abs(row["xelm:language@1"] - row["own_expert"]) < 1e-6, lang
-    assert set(m["new_languages"]["por"]) >= {"hmr", "base_continued", "dense_continued"}
+    por = m["new_languages"]["por"]
+    assert set(por) >= {"hmr", "base_continued", "dense_continued", "hmr_vs_base_continued", "forgetting"}
+    d = por["hmr_vs_dense_continued"]
+    assert d["ci"][0] <= d["delta"] <= d["ci"][1] and abs(d["delta"] - (por["hmr"] - por["dense_continued"])) < 1e-6
+    assert por["forgetting"]["paragraphs"] == 6  # one paragraph of each of the 6 seen languages
     assert not m["new_languages"]["por"]["parent"].startswith("hmr-")
     assert set(m["routing"]) == {"tfidf", "posterior", "langid"}
     assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1
     text = (report / "report.md").read_text()
     assert f"[{lo:+.3f}, {hi:+.3f}]" in text.split("## What")[0]  # the headline gives the interval
     for section in ("## Headline", "## What the numbers say", "## By resource level", "## By cluster", "## New languages",
-                    "## Routing", "## Zero-shot"):
+                    "## Routing", "## Zero-shot", "dense forgetting"):
         assert section in text
     again = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)  # everything complete: skipped
     assert again["dense"] == summary["dense"]

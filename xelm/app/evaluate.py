@@ -198,7 +198,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
             groups[key[lang]][lang] = v
         return {g: summarize(v, tokens_by_lang) for g, v in sorted(groups.items())}
 
-    new_langs = _new_languages(run, tok, hmr, hmr_rows, texts, per_lang, count)
+    new_langs = _new_languages(run, tok, hmr, hmr_rows, texts, langs, nll, per_lang, count)
     routing = _routing_accuracy(xelm, texts, langs, own, {"tfidf": routings["tfidf", 1],
                                                           "posterior": Routing(cluster, softmax_rows(
                                                               ll_JxNxE.mean(0)), "posterior")})
@@ -247,9 +247,14 @@ def _deltas(intervals: dict, lang: str) -> dict:
     return {"delta": h[0], "delta_ci": list(h[1:]), "soft_delta": f[0], "soft_delta_ci": list(f[1:])}
 
 
-def _new_languages(run, tok, hmr, hmr_rows, texts, per_lang, count) -> dict:
-    """New languages: HMR vs base-branched vs dense-continued at equal tokens (+ untouched models)."""
+def _new_languages(run, tok, hmr, hmr_rows, texts, langs, nll, per_lang, count) -> dict:
+    """New languages: HMR vs base-branched vs dense-continued at equal tokens (+ untouched models),
+    each difference with a paired interval over the language's paragraphs; and what continuing
+    the dense model on the new language costs the languages it knew (``forgetting``: loss of the
+    continued model minus the dense model's on one paragraph per seen language, every token).
+    An HMR expert leaves every other expert's weights as they were, so it forgets nothing."""
     out = {}
+    seen_rows = list({lang: i for i, lang in reversed(list(enumerate(langs))) if lang not in hmr}.values())
     for lang, card in sorted(hmr.items()):
         rows = hmr_rows[lang]
         if not rows:
@@ -260,9 +265,19 @@ def _new_languages(run, tok, hmr, hmr_rows, texts, per_lang, count) -> dict:
                  "dense": per_lang["dense"].get(lang)}
         for parent in ("base", "dense"):
             path = run.control_model(parent, lang)
-            if (path / "model.json").exists():
-                lp, w, sk = _model_table(load_weights(path), tok, sub)
-                entry[f"{parent}_continued"] = float(_nll(lp, w, sk, np.ones((len(sub), 1))).sum() / w.sum())
+            if not (path / "model.json").exists():
+                continue
+            model = load_weights(path)
+            lp, w, sk = _model_table(model, tok, sub)
+            yard = _nll(lp, w, sk, np.ones((len(sub), 1)))
+            entry[f"{parent}_continued"] = float(yard.sum() / w.sum())
+            d, lo, hi = paired_delta(nll["own_expert"][rows], yard, count[rows])
+            entry[f"hmr_vs_{parent}_continued"] = {"delta": d, "ci": [lo, hi]}
+            if parent == "dense" and seen_rows:
+                lp, w, sk = _model_table(model, tok, [texts[i] for i in seen_rows])
+                d, lo, hi = paired_delta(_nll(lp, w, sk, np.ones((len(seen_rows), 1))), nll["dense"][seen_rows],
+                                         count[seen_rows])
+                entry["forgetting"] = {"delta": d, "ci": [lo, hi], "paragraphs": len(seen_rows)}
         out[lang] = entry
     return out
 

@@ -212,8 +212,13 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
     if new:
         wins = [lang for lang, r in new.items() if r.get("hmr") is not None and
                 all(r.get(k) is None or r["hmr"] < r[k] for k in ("base_continued", "dense_continued"))]
+        sig = [lang for lang, r in new.items() if all(
+            (r.get(k) or {}).get("ci", [0, 0])[1] < 0 for k in ("hmr_vs_base_continued", "hmr_vs_dense_continued"))]
+        forgot = [r["forgetting"]["delta"] for r in new.values() if r.get("forgetting")]
         out.append(f"New languages: the HMR expert beats both yardsticks on {len(wins)} of {len(new)} "
-                   f"({', '.join(wins) or 'none'}).")
+                   f"({', '.join(wins) or 'none'}), significantly on {len(sig)} ({', '.join(sig) or 'none'})"
+                   + (f"; continuing the dense model on a new language costs the seen languages "
+                      f"{np.mean(forgot):+.3f} nats on average, which an HMR expert does not." if forgot else "."))
     t = metrics["transfer"]
     if "chance" in t:
         for task, label in (("classification", "article classification"), ("retrieval", "retrieval")):
@@ -223,6 +228,10 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
                        + (" — too close to guessing to tell the two apart; the models are too small "
                           "or too briefly trained for zero-shot transfer." if best < t["chance"][task] + 0.05 else "."))
     return out
+
+
+def _interval(d: dict | None) -> str:
+    return "n/a" if not d else f"{_delta(d['delta'])} [{_delta(d['ci'][0])}, {_delta(d['ci'][1])}]"
 
 
 def _by_reason(reasons: dict[str, str]) -> dict[str, list[str]]:
@@ -278,10 +287,15 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         "", f"![per-language loss]({plots['losses'].name})", "",
         f"![improvement vs distance]({plots['distance'].name})", "",
         "## New languages (HMR) at equal tokens", "",
-        "| language | parent | HMR expert | base branched | dense continued | base | dense |",
-        "|---|---|---|---|---|---|---|",
+        "Every token of the language's test text; Δ = HMR − yardstick with a 95% paired interval over its "
+        "paragraphs. Forgetting: the dense model continued on the language, minus the dense model, on one "
+        "paragraph of every seen language (an HMR expert changes no other expert, so it forgets nothing).", "",
+        "| language | parent | HMR expert | base branched | dense continued | Δ vs base branched | "
+        "Δ vs dense continued | dense forgetting |",
+        "|---|---|---|---|---|---|---|---|",
         *[f"| {lang} | {r['parent']} | {_fmt(r.get('hmr'))} | {_fmt(r.get('base_continued'))} | "
-          f"{_fmt(r.get('dense_continued'))} | {_fmt(r.get('base'))} | {_fmt(r.get('dense'))} |"
+          f"{_fmt(r.get('dense_continued'))} | {_interval(r.get('hmr_vs_base_continued'))} | "
+          f"{_interval(r.get('hmr_vs_dense_continued'))} | {_interval(r.get('forgetting'))} |"
           for lang, r in metrics["new_languages"].items()],
         "", "## Routing", "", "| router | top-1 on the text's own expert |", "|---|---|",
         *[f"| {k} | {_fmt(v['top1_accuracy'], True)} |" for k, v in metrics["routing"].items()],

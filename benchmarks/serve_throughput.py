@@ -1,10 +1,12 @@
 """Load generator for ``xelm serve``: 1, 8 and 32 concurrent clients sending single texts.
 
-Starts ``xelm serve --port 0`` on 127.0.0.1 (a real subprocess), waits for /ready, then for
-each concurrency sends the same texts (bounded in count and time), after an untimed warm-up
-pass over the same texts at every concurrency (it compiles the batch shapes they make:
-steady state, not cold start), and prints texts/s, p50 and p99 latency, and the ratio of the top concurrency's
-throughput to the same texts sent one at a time (concurrency 1)::
+Starts ``xelm serve --port 0`` on 127.0.0.1 (a real subprocess), waits for /ready (the server
+compiles its batch shapes before it says ready: the time is printed), sends an untimed warm-up
+pass of a few texts at every concurrency, then for each concurrency sends the same texts
+(bounded in count and time) and prints texts/s, p50 and p99 latency, the mean batch, the
+1-minute load average around it (the machine may be shared: compare ratios measured in one
+run), and the ratio of the top concurrency's throughput to the same texts sent one at a time
+(concurrency 1)::
 
     python benchmarks/serve_throughput.py --run-dir runs/demo [--endpoint score] [--requests 256]
 """
@@ -48,7 +50,7 @@ def start_server(run_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str
         proc.kill()
         raise SystemExit(f"the server did not start: {line}")
     url = line.split("listening on ")[1].split()[0]
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
@@ -57,7 +59,7 @@ def start_server(run_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str
             pass
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit("the server did not get ready in 300 s")
+    raise SystemExit("the server did not get ready in 600 s")
 
 
 async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds: float) -> dict:
@@ -88,7 +90,7 @@ async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds:
             "p99_ms": round(1000 * float(np.percentile(lat, 99)), 1)}
 
 
-def batch_sizes(url: str) -> float:
+def batch_sizes(url: str) -> tuple[float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     samples = {s.name: s.value for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
@@ -103,6 +105,7 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default 1,8,32)")
     p.add_argument("--requests", type=int, default=256, help="texts per concurrency (default 256)")
     p.add_argument("--seconds", type=float, default=60, help="time limit per concurrency (default 60)")
+    p.add_argument("--warm-requests", type=int, default=64, help="untimed texts per concurrency first (default 64)")
     p.add_argument("--json", action="store_true")
     p.add_argument("server_args", nargs="*", help="extra `xelm serve` arguments, after --")
     args = p.parse_args()
@@ -110,27 +113,35 @@ def main() -> None:
     texts = texts_for(args.run_dir, args.requests)
     if args.endpoint == "fill-mask":
         texts = [" ".join(t.split()[:3] + ["<mask>"] + t.split()[4:]) for t in texts if len(t.split()) > 4]
+    t0 = time.monotonic()
     proc, url = start_server(args.run_dir, args.server_args)
+    ready_s = round(time.monotonic() - t0, 1)
+    if not args.json:
+        print(f"server ready in {ready_s} s (start, load, compile)", flush=True)
     rows = []
     try:
-        for clients in levels:  # warm: every concurrency once, so the batch shapes they make are compiled
-            asyncio.run(load(url, f"/{args.endpoint}", texts, clients, args.seconds))
+        for clients in levels:  # untimed: first requests of each kind (routers' caches, connections)
+            asyncio.run(load(url, f"/{args.endpoint}", texts[:args.warm_requests], clients, args.seconds))
         for clients in levels:
             s0, n0 = batch_sizes(url)
+            load_before = os.getloadavg()[0]
             row = asyncio.run(load(url, f"/{args.endpoint}", texts, clients, args.seconds))
             s1, n1 = batch_sizes(url)
             row["mean_batch_texts"] = round((s1 - s0) / max(n1 - n0, 1), 2)
+            row["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             rows.append(row)
             if not args.json:
                 print(f"{clients:>3} clients: {row['texts_per_s']:>8.1f} texts/s   p50 {row['p50_ms']:>7.1f} ms   "
                       f"p99 {row['p99_ms']:>7.1f} ms   mean batch {row['mean_batch_texts']:>5.1f} texts   "
-                      f"({row['texts']} texts, {row['failed']} failed, {row['seconds']} s)", flush=True)
+                      f"({row['texts']} texts, {row['failed']} failed, {row['seconds']} s; load "
+                      f"{row['load_1min'][0]:.1f} -> {row['load_1min'][1]:.1f})", flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
     one = next((r for r in rows if r["clients"] == 1), None)
     ratio = round(rows[-1]["texts_per_s"] / one["texts_per_s"], 2) if one else None
-    summary = {"endpoint": args.endpoint, "run_dir": str(args.run_dir), "cpus": os.cpu_count(), "levels": rows,
+    summary = {"endpoint": args.endpoint, "run_dir": str(args.run_dir), "cpus": os.cpu_count(), "ready_s": ready_s,
+               "levels": rows,
                f"throughput_ratio_{rows[-1]['clients']}_vs_1": ratio}
     if args.json:
         print(json.dumps(summary, indent=2))

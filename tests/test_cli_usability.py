@@ -279,8 +279,8 @@ def xelm_on_terminal(*argv: str, timeout: float = 300) -> tuple[int, str, str]:
 
 
 def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_run, tmp_path):
-    """`tokenizer stats` and `cluster --method model` show a bar where a person watches, and none
-    under --json or when stderr is not a terminal."""
+    """`tokenizer stats` and `cluster` (the model method's embedding, then the plan's steps) show
+    a bar where a person watches, and none under --json or when stderr is not a terminal."""
     tok = tmp_path / "tok"
     shutil.copytree(tiny_tokenizer, tok)  # stats writes its plot beside the tokenizer
     rc, out, err = xelm_on_terminal("tokenizer", "stats", str(tok), "--split", "validation")
@@ -295,6 +295,7 @@ def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_r
     rc, out, err = xelm_on_terminal("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",
                                     "--languages", "eng,deu,fra,spa,rus,pol", "--out", str(plan))
     assert rc == 0 and "embedding held-out text with the base encoder" in err, err
+    assert "model plan of 6 languages: step 0/2" in err and "plots and plan file: step 1/2" in err, err
     assert json.loads(plan.read_text())["method"] == "model"
     done = xelm("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",
                 "--languages", "eng,deu,fra,spa,rus,pol", "--out", str(plan), "--json")

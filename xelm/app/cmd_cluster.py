@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tqdm.auto import tqdm
+
 from clustering.build import build_plan, cached_corpus, needs_texts
 from clustering.planning import write_plan
 from experts.registry import run_registry
@@ -20,12 +22,19 @@ def cmd_cluster(args) -> int:
     balanced = args.balanced if args.balanced is not None else bool(ec and ec.balanced)
     by_script = args.by_script if args.by_script is not None else bool(ec and ec.by_script)
     features = args.features or (ec.features if ec else None)
-    result = build_plan(languages, corpus, args.method, args.k, balanced, args.seed, args.run_dir,
-                        needs_texts(args.method, balanced, languages if args.languages and not by_script else None),
-                        features=features, by_script=by_script, progress=interactive(args))
-    if held_out:
-        result.plan["held_out"] = sorted(held_out)
-    written = write_plan(result, out) if out else {}
+    # A plan of every corpus language takes tens of seconds (TF-IDF, plots): say which step runs.
+    steps = tqdm(total=2 if out else 1, desc=f"{args.method} plan of {len(languages)} languages: ", unit="step",
+                 disable=not interactive(args), leave=False, bar_format="{desc}step {n}/{total} [{elapsed}]")
+    with steps:
+        result = build_plan(languages, corpus, args.method, args.k, balanced, args.seed, args.run_dir,
+                            needs_texts(args.method, balanced, languages if args.languages and not by_script else None),
+                            features=features, by_script=by_script, progress=interactive(args))
+        if held_out:
+            result.plan["held_out"] = sorted(held_out)
+        steps.update(1)
+        steps.set_description("plots and plan file")
+        written = write_plan(result, out) if out else {}
+        steps.update(1 if out else 0)
     if args.json:
         print_json(result.plan)
         return 0

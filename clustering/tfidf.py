@@ -38,6 +38,7 @@ class TfidfSpace:
     centroids_KxD: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # unit rows
     names: list[str] = field(default_factory=list)  # cluster name of each centroid
     ngram_range: tuple[int, int] = NGRAMS
+    _built: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see _project
 
     @classmethod
     def fit(cls, documents: list[str], dimensions: int = DIMENSIONS, max_features: int = MAX_FEATURES,
@@ -72,13 +73,23 @@ class TfidfSpace:
         return sparse.diags(np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)) @ tfidf
 
     def _project(self, tfidf) -> np.ndarray:
-        return _unit_rows(np.asarray(tfidf @ self.components_DxV.T.astype(np.float64)))
+        # The float64 basis (C-ordered: scipy would copy any other order) and the counter are
+        # built once per space, not per call: for a few texts they cost far more than the
+        # projection itself, and a router serving requests calls this for every batch.
+        cached = self._built.get("basis")
+        if cached is None or cached[0] is not self.components_DxV:
+            basis_VxD = np.ascontiguousarray(self.components_DxV.T, np.float64)
+            cached = self._built["basis"] = (self.components_DxV, basis_VxD)
+        return _unit_rows(np.asarray(tfidf @ cached[1]))
 
     def transform(self, texts: list[str]) -> np.ndarray:
         """[n, D] unit vectors of texts in the SVD space."""
-        counter = CountVectorizer(analyzer="char_wb", ngram_range=self.ngram_range,
-                                  vocabulary={g: i for i, g in enumerate(self.vocabulary)}, dtype=np.float64)
-        return self._project(self._weigh(counter.transform(list(texts))))
+        cached = self._built.get("counter")
+        if cached is None or cached[0] is not self.vocabulary:
+            counter = CountVectorizer(analyzer="char_wb", ngram_range=self.ngram_range,
+                                      vocabulary={g: i for i, g in enumerate(self.vocabulary)}, dtype=np.float64)
+            cached = self._built["counter"] = (self.vocabulary, counter)
+        return self._project(self._weigh(cached[1].transform(list(texts))))
 
     def distances_to_centroids(self, texts: list[str]) -> np.ndarray:
         """[n, K] cosine distances from each text to each cluster centroid (the router's input)."""

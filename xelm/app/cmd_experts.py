@@ -12,7 +12,7 @@ from clustering.naming import slug
 from experts.registry import check_name, run_registry
 from experts.training import add_language, train_all, train_baseline, train_expert, train_family_expert
 from xelm.app.console import print_json
-from xelm.app.langargs import note, resolve_languages, warn
+from xelm.app.langargs import listed, note, resolve_languages, warn
 from xelm.data import load_corpus
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
@@ -141,11 +141,18 @@ def _parent_line(card: dict, before: list[dict]) -> str:
 
 
 def _covered_note(card: dict, before: list[dict]) -> None:
+    """Say which of the new expert's languages other experts already hold: one line per set of
+    owners, so that a family of forty languages is a line or two, not forty."""
+    held: dict[tuple[str, ...], list[str]] = {}
     for lang in card["languages"]:
-        owners = [c["name"] for c in before if lang in c["languages"]]
+        owners = tuple(c["name"] for c in before if lang in c["languages"])
         if owners:
-            note(f"{lang} was already in expert(s) {', '.join(owners)}: {card['name']} is one more expert for it; "
-                 f"the language router now weighs them all (`xelm expert remove {card['name']}` undoes it)")
+            held.setdefault(owners, []).append(lang)
+    for owners, langs in held.items():
+        which = f"{langs[0]} was" if len(langs) == 1 else f"{len(langs)} of its languages ({listed(langs)}) were"
+        note(f"{which} already in expert(s) {', '.join(owners)}: {card['name']} is one more expert for "
+             f"{'it' if len(langs) == 1 else 'them'}; the language router now weighs them all "
+             f"(`xelm expert remove {card['name']}` undoes it)")
 
 
 REPEAT_WARN = 10  # a budget that reads the corpus more times than this mostly memorises it

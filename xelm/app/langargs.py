@@ -22,7 +22,8 @@ def warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr)
 
 
-def _listed(codes: list[str]) -> str:
+def listed(codes: list[str]) -> str:
+    """Codes comma-separated, the first SHOWN of them, with the count when there are more."""
     return ",".join(codes[:SHOWN]) + (f",… ({len(codes)} in all)" if len(codes) > SHOWN else "")
 
 
@@ -40,7 +41,7 @@ def family_languages(names: str, available: set[str], corpus: str) -> tuple[list
                             f"(URIEL lists {len(members)}, e.g. {', '.join(members[:5])}): "
                             "give --corpus with their text, or another family")
         unused = [lang for lang in members if lang not in available]
-        notes.append(f"family {label}: {len(usable)} language(s) with text in corpus {corpus}: {_listed(usable)}"
+        notes.append(f"family {label}: {len(usable)} language(s) with text in corpus {corpus}: {listed(usable)}"
                      + (f"; {len(unused)} more of the family have no text there and are left out "
                         f"(e.g. {', '.join(unused[:5])})" if unused else ""))
         chosen += [lang for lang in usable if lang not in chosen]

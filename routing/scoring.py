@@ -117,8 +117,9 @@ def row_buckets(length: int, call_tokens: int = CALL_TOKENS) -> list[int]:
 
 def mask_slots(length: int, ratio: float = MASK_RATIO) -> int:
     """Mask slots K of a row padded to ``length``: enough for any text of that length
-    (:func:`routing.masking.choose_masks` masks round(ratio x its non-special tokens))."""
-    return bucket(max(1, round(ratio * length)))
+    (:func:`routing.masking.choose_masks` masks round(ratio x its non-special tokens)), and no
+    more: the head runs on every slot."""
+    return max(1, round(ratio * length))
 
 
 def shape_grid(max_len: int, call_tokens: int = CALL_TOKENS) -> list[tuple[int, int]]:
@@ -158,7 +159,7 @@ def fixed_shape_batches(seqs: list[np.ndarray], masks: list[np.ndarray], *, mask
             rows = np.array(idx[start:start + n])
             start += n
             most = max(len(masks[i]) for i in rows)
-            k = bucket(most) if ratio is None else max(mask_slots(s, ratio), bucket(most))
+            k = bucket(most) if ratio is None else max(mask_slots(s, ratio), most)
             yield rows, padded_batch([seqs[i] for i in rows], [masks[i] for i in rows], b, s, k, mask_id, pad_id)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import time
 from collections import OrderedDict
@@ -136,24 +137,31 @@ class Engine:
         return [(kind, n, b, s, mask_slots(s) if kind == "score" else 1)
                 for kind in ("score", "embed") for b, s in shape_grid(model.max_len, self.call_tokens)]
 
-    def _compile(self, model: XELM, shapes, served: Served | None = None) -> None:
+    def _compile(self, model: XELM, shapes, served: Served | None = None, threads: int = 1) -> None:
         """Run each (kind, experts, rows, length, mask slots) call once on padding, so that it is
-        compiled; stop early if ``served`` is no longer the generation served."""
-        t0, tok, done = time.perf_counter(), model.tokenizer, 0
-        for kind, n, b, s, k in shapes:
+        compiled (XLA compiles outside the GIL: ``threads`` at once); stop early if ``served`` is
+        no longer the generation served."""
+        t0, tok = time.perf_counter(), model.tokenizer
+        stacks = {n: model.pool.stacked(tuple(model.names[:n])) for n in sorted({shape[1] for shape in shapes})}
+
+        def one(shape) -> int:
+            kind, n, b, s, k = shape
             if served is not None and self.served is not served:
-                break
-            graphdef, states = model.pool.stacked(tuple(model.names[:n]))
+                return 0
+            graphdef, states = stacks[n]
             batch = padded_batch([], [], b, s, k, tok.mask_token_id, tok.pad_token_id)
             fn = {"score": mixture_label_nll, "embed": mixture_embeddings, "fill-mask": mixture_vocab_logprobs}[kind]
             fn(graphdef, sequential(batch), states, np.zeros((b, n), np.float32), batch).block_until_ready()
-            done += 1
+            return 1
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="xelm-compile") as pool:
+            done = sum(pool.map(one, shapes))
         log.info("compiled %d batch shapes for %d experts in %.1f s", done, len(model.names),
                  time.perf_counter() - t0)
 
     def _warm(self, model: XELM) -> None:
         self._load(model)
-        self._compile(model, self.grid(model))
+        self._compile(model, self.grid(model), threads=os.cpu_count() or 1)  # nothing is served yet
 
     def _build_if_changed(self) -> Served | None:
         """A new generation if the experts changed, ready to serve the shapes traffic has used

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from routing.ensemble import label_logprobs, mixture_logprobs, sequential, stack_states
 from routing.masking import MASK_RATIO, check_texts, choose_masks, encode, mask_sets
@@ -21,11 +22,14 @@ def prepare(tokenizer, texts: list[str], max_len: int = MAX_LEN, seed: int = 0, 
     return seqs, [choose_masks(s, special, ratio, seed) for s in seqs]
 
 
-def _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
-    """Yield (rows, batch, [E, B, K] log p_e(true token)) over the texts, shortest first."""
+def _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len, bar=None):
+    """Yield (rows, batch, [E, B, K] log p_e(true token)) over the texts, shortest first;
+    ``bar``: a progress bar advanced by the texts done."""
     for rows, b in length_bucketed(seqs, masks, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id,
                                    batch_tokens=batch_tokens, max_len=max_len):
         yield rows, b, np.asarray(label_logprobs(graphdef, sequential(b), states_E, b))
+        if bar is not None:
+            bar.update(len(rows))
 
 
 def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
@@ -43,12 +47,13 @@ def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, b
 
 
 def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
-                max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+                max_len: int = MAX_LEN, bar=None) -> tuple[np.ndarray, np.ndarray]:
     """([E, N, K] each expert's log-probability of each text's masked tokens, [N, K] 1 on real
     masks); K is the most masks any text has."""
     k_max = max([len(m) for m in masks] + [1])
     lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
-    for rows, b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+    for rows, b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len,
+                                             bar):
         if lp_ExNxK is None:
             lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
         n, k = len(rows), min(lp_ExBxK.shape[2], k_max)
@@ -58,15 +63,19 @@ def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = 
 
 
 def every_token_table(graphdef, states_E, tokenizer, texts: list[str], ratio: float, seed: int = 0,
-                      max_len: int = MAX_LEN, batch_tokens: int = BATCH_TOKENS):
+                      max_len: int = MAX_LEN, batch_tokens: int = BATCH_TOKENS, progress: bool = False,
+                      desc: str = "scoring"):
     """Each expert's log-probability of *every* non-special token of each text, one pass per
     disjoint mask set (:func:`routing.masking.mask_sets`): ([E, N, K], [N, K] 1 on real tokens,
-    [K] the mask set of each column). Every model given gets the same sets."""
+    [K] the mask set of each column). Every model given gets the same sets. ``progress``: a bar
+    counting texts over all passes."""
     seqs = encode(tokenizer, texts, max_len)
     special = np.array(tokenizer.all_special_ids)
     sets = [mask_sets(s, special, ratio, seed) for s in seqs]
-    tables = [label_table(graphdef, states_E, seqs, [ms[j] for ms in sets], tokenizer, batch_tokens, max_len)
-              for j in range(len(sets[0]))]
+    with tqdm(total=len(sets[0]) * len(seqs), desc=desc, unit="text", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:
+        tables = [label_table(graphdef, states_E, seqs, [ms[j] for ms in sets], tokenizer, batch_tokens, max_len,
+                              bar) for j in range(len(sets[0]))]
     set_K = np.concatenate([np.full(t[1].shape[1], j) for j, t in enumerate(tables)])
     return (np.concatenate([t[0] for t in tables], axis=2), np.concatenate([t[1] for t in tables], axis=1),
             set_K)

@@ -136,7 +136,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     xelm.pool.add("(dense)", run.dense())
     graphdef, states = xelm.pool.stacked(("(base)", "(dense)", *cluster))
     lp_ExNxK, w_NxK, set_K = every_token_table(graphdef, states, tok, texts, SCORE_MASK_RATIO,
-                                               max_len=PARAGRAPH_MAX_LEN, batch_tokens=xelm.batch_tokens)
+                                               max_len=PARAGRAPH_MAX_LEN, batch_tokens=xelm.batch_tokens,
+                                               progress=progress, desc=f"scoring {len(cluster) + 2} models")
     count = w_NxK.sum(1)
     one = np.ones((len(texts), 1))
     nll = {"base": _nll(lp_ExNxK[[0]], w_NxK, set_K, one), "dense": _nll(lp_ExNxK[[1]], w_NxK, set_K, one)}
@@ -203,7 +204,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
                                                           "posterior": Routing(cluster, softmax_rows(
                                                               ll_JxNxE.mean(0)), "posterior")})
     # The transfer probe is trained and tested on validation + test articles: a test-split figure.
-    transfer = _transfer(run, cfg, xelm, tok, set(own)) if split == "test" else {
+    transfer = _transfer(run, cfg, xelm, tok, set(own), progress) if split == "test" else {
         "skipped": "zero-shot transfer is reported with the test split only"}
     compute = _compute(run, cluster_cards)
     summary = {**summarize(intervals[headline], tokens_by_lang),
@@ -301,7 +302,7 @@ def _routing_accuracy(xelm, texts, langs, own, top1: dict) -> dict:
     return out
 
 
-def _transfer(run: RunDir, cfg, xelm, tok, languages: set[str]) -> dict:
+def _transfer(run: RunDir, cfg, xelm, tok, languages: set[str], progress: bool = False) -> dict:
     """Zero-shot article classification and retrieval on held-out articles: dense vs X-ELM."""
     corpus = load_corpus(cfg.data.corpus)
     rows: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
@@ -317,7 +318,8 @@ def _transfer(run: RunDir, cfg, xelm, tok, languages: set[str]) -> dict:
     # Every text both tasks need, embedded in one batched call per model (not one per language).
     needed = sorted({t for units, texts in rows.values() for t in (*texts, *paragraphs(units, texts)[0])})
     dense = run.dense()
-    vectors = {"dense": embed_texts(dense, tok, needed, max_len=PARAGRAPH_MAX_LEN),
+    vectors = {"dense": embed_texts(dense, tok, needed, max_len=PARAGRAPH_MAX_LEN, progress=progress,
+                                    desc="transfer: embedding"),
                "xelm": xelm.embed(needed, router=HEADLINE[0], top_k=HEADLINE[1])}
     at = {t: i for i, t in enumerate(needed)}
     out = {}

@@ -32,9 +32,10 @@ def stack_states(states: list) -> nnx.State:
 SEQUENTIAL_TOKENS = 2048  # on CPU, batches of more tokens (B x S) map over experts sequentially
 
 
-def sequential(batch: MLMBatch) -> bool:
-    """Whether the compiled call should run the experts one by one (static, per batch shape)."""
-    return jax.default_backend() == "cpu" and batch.input_ids_BxS.size > SEQUENTIAL_TOKENS
+def sequential(batch: MLMBatch, above: int = SEQUENTIAL_TOKENS) -> bool:
+    """Whether the compiled call should run the experts one by one (static, per batch shape):
+    on CPU, for batches of more than ``above`` tokens."""
+    return jax.default_backend() == "cpu" and batch.input_ids_BxS.size > above
 
 
 def over_experts(fn, states_E, one_by_one: bool):

@@ -46,6 +46,8 @@ from xelm.fillmask import encode_masked, fillers
 from xelm.rundir import RunDir
 
 log = logging.getLogger("xelm.serve")
+ONE_BY_ONE_ABOVE = 128  # padded tokens: bigger serving batches run the experts one by one (lax.map), faster
+# on CPU from a few hundred tokens up (benchmarks/README.md, serving)
 WARM_TEXT = "All human beings are born free and equal in dignity and rights."
 CLI_FLAGS = re.compile(r"--(lang|router|top-k|experts|temperature)\b")
 
@@ -151,7 +153,7 @@ class Engine:
             graphdef, states = stacks[n]
             batch = padded_batch([], [], b, s, k, tok.mask_token_id, tok.pad_token_id)
             fn = {"score": mixture_label_nll, "embed": mixture_embeddings, "fill-mask": mixture_vocab_logprobs}[kind]
-            fn(graphdef, sequential(batch), states, np.zeros((b, n), np.float32), batch).block_until_ready()
+            fn(graphdef, one_by_one(batch), states, np.zeros((b, n), np.float32), batch).block_until_ready()
             return 1
 
         with ThreadPoolExecutor(threads, thread_name_prefix="xelm-compile") as pool:
@@ -369,6 +371,10 @@ class Engine:
 
 
 # -------------------------------------------- XELM's maths over fixed batch shapes
+def one_by_one(batch) -> bool:
+    return sequential(batch, ONE_BY_ONE_ABOVE)
+
+
 # ``XELM.score`` / ``embed`` / ``fill_mask`` compute the same (same masks, same mixture), batched by
 # ``xelm.batches.length_bucketed``, whose shapes follow the mix of texts; here every compiled call
 # has a shape of ``routing.scoring.shape_grid``, compiled once at warm-up.
@@ -400,7 +406,7 @@ def score(model: XELM, texts: list[str], routing: Routing, call_tokens: int = CA
     for rows, b, w_BxE, graphdef, states in _each_batch(model, routing, seqs, masks, MASK_RATIO, call_tokens,
                                                           ("score", seen) if seen is not None else None):
         logw_BxE = np.log(np.maximum(w_BxE, 1e-30)).astype(np.float32)
-        nll_B = np.asarray(mixture_label_nll(graphdef, sequential(b), states, logw_BxE, b))
+        nll_B = np.asarray(mixture_label_nll(graphdef, one_by_one(b), states, logw_BxE, b))
         total[rows] = nll_B[:len(rows)]
     return per_token(total, count), count
 
@@ -414,7 +420,7 @@ def embed(model: XELM, texts: list[str], routing: Routing, call_tokens: int = CA
     for rows, b, w_BxE, graphdef, states in _each_batch(model, routing, seqs, empty, None, call_tokens,
                                                           ("embed", seen) if seen is not None else None):
         w_BxE[len(rows):] = 0
-        vec_BxD = np.asarray(mixture_embeddings(graphdef, sequential(b), states, w_BxE.astype(np.float32), b))
+        vec_BxD = np.asarray(mixture_embeddings(graphdef, one_by_one(b), states, w_BxE.astype(np.float32), b))
         if out is None:
             out = np.zeros((len(texts), vec_BxD.shape[1]), np.float32)
         out[rows] = vec_BxD[:len(rows)]
@@ -429,7 +435,7 @@ def fill_mask(model: XELM, texts: list[str], routing: Routing, top_k: int, call_
     out: list = [None] * len(texts)
     for rows, b, w_BxE, graphdef, states in _each_batch(model, routing, seqs, wheres, None, call_tokens,
                                                           ("fill-mask", seen) if seen is not None else None):
-        logp_BxKxV = np.asarray(mixture_vocab_logprobs(graphdef, sequential(b), states,
+        logp_BxKxV = np.asarray(mixture_vocab_logprobs(graphdef, one_by_one(b), states,
                                                        np.log(w_BxE).astype(np.float32), b))
         for r, i in enumerate(rows):
             out[i] = fillers(model.tokenizer, seqs[i], wheres[i], logp_BxKxV[r, :len(wheres[i])], top_k)

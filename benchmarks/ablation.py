@@ -2,7 +2,10 @@
 at equal compute. Every row starts from one finished base (``--base``: tokenizer and encoder
 pre-trained once), so rows differ only in ``experts.*``; each row trains its plan's experts and
 the equal-compute dense baseline that replays their batches, then is evaluated on the
-validation split (which *chooses*) and on the test split (which only reports).
+validation split (which *chooses*) and on the test split (which only reports), through
+``xelm.app.evaluate.evaluate_headline``: the full evaluation's headline (TF-IDF top-1 X-ELM
+against the dense model, every token, paired intervals), running each text through the dense
+model and its routed expert only.
 
     python benchmarks/ablation.py --base runs/demo --out runs/ablation
     python benchmarks/ablation.py --base runs/demo --out runs/ablation --rows typology-k4 script-k8
@@ -26,7 +29,7 @@ from clustering.build import build_plan  # noqa: E402
 from clustering.planning import write_plan  # noqa: E402
 from experts.plan_integrity import plan_languages  # noqa: E402
 from experts.training import train_all, train_baseline  # noqa: E402
-from xelm.app.evaluate import evaluate  # noqa: E402
+from xelm.app.evaluate import evaluate_headline  # noqa: E402
 from xelm.config import from_dict, to_dict  # noqa: E402
 from xelm.files import read_json, write_json, write_text  # noqa: E402
 from xelm.rundir import RunDir  # noqa: E402
@@ -62,10 +65,10 @@ def run_row(base: RunDir, out: Path, name: str, experts: dict, splits: list[str]
     seconds["dense"] = time.perf_counter() - t0 - sum(seconds.values())
     figures = {}
     for split in splits:
-        done = run.report_for(split) / "metrics.json"
-        m = read_json(done) if done.exists() else evaluate(run.root, progress=True, split=split)
-        figures[split] = {k: m["summary"][k] for k in FIGURES} | {
-            "mean_loss": {k: m["summary"]["mean_loss"].get(k) for k in ("dense", "xelm:tfidf@1", "own_expert")}}
+        done = run.report_for(split) / "headline.json"
+        m = read_json(done) if done.exists() else evaluate_headline(run.root, split=split, progress=True)
+        figures[split] = {k: m["summary"][k] for k in FIGURES} | {"mean_loss": m["summary"]["mean_loss"],
+                                                                  "by_cluster": m["summary"]["by_cluster"]}
         seconds[f"evaluate {split}"] = time.perf_counter() - t0 - sum(seconds.values())
     plan = run.plan()
     return {"row": name, "experts": experts, "clusters": {n: len(m) for n, m in plan["clusters"].items()},

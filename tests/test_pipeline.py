@@ -8,7 +8,7 @@ import shutil
 from conftest import TINY_CONFIG
 
 from xelm.app.demo import run_demo
-from xelm.app.evaluate import evaluate
+from xelm.app.evaluate import evaluate, evaluate_headline
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path):
@@ -57,3 +57,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert "validation split" in (run / "report-validation" / "report.md").read_text()
     assert v["summary"]["languages"] == 6 and v["languages"]["eng"]["dense"] != m["languages"]["eng"]["dense"]
     assert "skipped" in v["transfer"] and (report / "metrics.json").read_bytes() == test_bytes
+
+    # The ablation's cheap evaluation (each text through the dense model and its routed expert
+    # only) gives the full evaluation's headline, language by language.
+    h = evaluate_headline(run, split="validation", progress=False)
+    for key in ("languages", "improved_fraction", "significant_wins", "significant_losses"):
+        assert h["summary"][key] == v["summary"][key], key
+    for lang, row in h["languages"].items():
+        assert abs(row["delta"] - v["languages"][lang]["delta"]) < 1e-5, lang
+    assert (run / "report-validation" / "headline.json").is_file()

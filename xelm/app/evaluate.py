@@ -93,13 +93,12 @@ def _model_table(model, tok, texts):
 SPLITS = ("test", "validation")
 
 
-def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
-             progress: bool = True, split: str = "test") -> dict:
-    """Score every model on ``split``; write ``metrics.json`` and the report into
-    ``RunDir.report_for(split)``. Validation chooses configurations; test only reports."""
+def _held_out(run: RunDir, split: str):
+    """The run's parts the evaluation needs, checked to belong together, and the paragraphs of
+    ``split`` in the experts' languages: (cfg, plan, tokenizer, cards, cluster cards, language ->
+    own cluster expert, language -> HMR card, texts, their languages)."""
     if split not in SPLITS:
         raise XelmError(f"--split {split!r}: evaluate on one of {', '.join(SPLITS)}")
-    run = RunDir(run_dir)
     run_dir = run.root
     cfg, plan, tok = run.config(), run.plan(), run.tokenizer()
     cards = run_registry(run).cards()
@@ -122,6 +121,16 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     texts, langs = paragraphs(test["lang"], test["text"])  # short, each a natural unit of the article
     if not texts:
         raise XelmError(f"the {split} split has no text in the experts' languages")
+    return cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs
+
+
+def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
+             progress: bool = True, split: str = "test") -> dict:
+    """Score every model on ``split``; write ``metrics.json`` and the report into
+    ``RunDir.report_for(split)``. Validation chooses configurations; test only reports."""
+    run = RunDir(run_dir)
+    run_dir = run.root
+    cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs = _held_out(run, split)
     say = tqdm.write if progress else (lambda *a: None)
 
     # The equal-compute comparison routes among the cluster experts only: HMR experts had extra
@@ -179,17 +188,11 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     nll["own_expert"] = own_nll
 
     per_lang = {name: _per_language(langs, s, count) for name, s in nll.items()}
-    tokens_by_lang = defaultdict(int)
-    for lang, c in zip(langs, count):
-        tokens_by_lang[lang] += int(c)
+    tokens_by_lang = _tokens_by_lang(langs, count)
     headline, soft = _name(*HEADLINE), _name(*SOFT)
     seen = sorted(lang for lang in per_lang["dense"] if lang in own)
-    rows_of = defaultdict(list)
-    for i, lang in enumerate(langs):
-        rows_of[lang].append(i)
-    intervals = {name: {lang: paired_delta(nll[name][rows_of[lang]], nll["dense"][rows_of[lang]],
-                                           count[rows_of[lang]], seed=i)
-                        for i, lang in enumerate(seen)} for name in (headline, soft)}
+    rows_of = _rows_of(langs)
+    intervals = {name: _intervals(seen, rows_of, nll[name], nll["dense"], count) for name in (headline, soft)}
     cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
     level_of = {lang: _stage_of(cfg, lang) for lang in seen}
 
@@ -238,6 +241,81 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     write_json(run.report_for(split) / "metrics.json", metrics)
     write_report(run_dir, metrics)
     return metrics
+
+
+def _tokens_by_lang(langs: list[str], count: np.ndarray) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for lang, c in zip(langs, count):
+        out[lang] += int(c)
+    return out
+
+
+def _rows_of(langs: list[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, lang in enumerate(langs):
+        out[lang].append(i)
+    return out
+
+
+def _intervals(seen: list[str], rows_of: dict, nll_a: np.ndarray, nll_dense: np.ndarray, count: np.ndarray) -> dict:
+    """Per language, (Δ, low, high) of model a against the dense model, paired over paragraphs."""
+    return {lang: paired_delta(nll_a[rows_of[lang]], nll_dense[rows_of[lang]], count[rows_of[lang]], seed=i)
+            for i, lang in enumerate(seen)}
+
+
+def _scores(model, tok, texts: list[str], progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per text, one model's summed NLL over every token and the token count."""
+    graphdef, state = nnx.split(model)
+    lp, w, sk = every_token_table(graphdef, stack_states([state]), tok, texts, SCORE_MASK_RATIO,
+                                  max_len=PARAGRAPH_MAX_LEN, progress=progress, desc=desc)
+    return _nll(lp, w, sk, np.ones((len(texts), 1))), w.sum(1)
+
+
+def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: bool = True) -> dict:
+    """Only the headline -- TF-IDF top-1 X-ELM against the dense model -- scored exactly as
+    :func:`evaluate` scores it (the same masks, the same blind fallback for unseen scripts), but
+    each text runs through the dense model and its routed expert only instead of every model:
+    the cheap evaluation an ablation of many rows needs. Writes ``headline.json`` beside the
+    split's report."""
+    run = RunDir(run_dir)
+    cfg, plan, tok, _, cluster_cards, own, _, texts, langs = _held_out(run, split)
+    cluster = [c["name"] for c in cluster_cards]
+    xelm = XELM.from_run(run.root, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
+    routing = xelm.route(texts, router=HEADLINE[0], top_k=HEADLINE[1])
+    fallback = np.array(["fallback" in note for note in routing.notes], bool)
+    chosen = routing.weights.argmax(1)
+    nll_dense, count = _scores(run.dense(), tok, texts, progress, "scoring the dense model")
+    nll_x = np.full(len(texts), np.nan)
+    for e, name in enumerate(cluster):
+        rows = np.flatnonzero((chosen == e) & ~fallback)
+        if len(rows):
+            nll_x[rows] = _scores(xelm.pool.get(name), tok, [texts[i] for i in rows], progress, f"scoring {name}")[0]
+    rows = np.flatnonzero(fallback)
+    if len(rows):  # unseen scripts: every expert on these texts, each mask set routed on the others
+        graphdef, states = xelm.pool.stacked(tuple(cluster))
+        lp, w, sk = every_token_table(graphdef, states, tok, [texts[i] for i in rows], SCORE_MASK_RATIO,
+                                      max_len=PARAGRAPH_MAX_LEN, batch_tokens=xelm.batch_tokens)
+        per_set = [Routing(cluster, softmax_rows(ll), "posterior").top_k(HEADLINE[1]).weights
+                   for ll in held_out_loglik(lp, w, sk)]
+        nll_x[rows] = _nll(lp, w, sk, per_set)
+    dense_by_lang = _per_language(langs, nll_dense, count)
+    seen = sorted(lang for lang in dense_by_lang if lang in own)
+    intervals = _intervals(seen, _rows_of(langs), nll_x, nll_dense, count)
+    tokens = _tokens_by_lang(langs, count)
+    cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
+    groups = defaultdict(dict)
+    for lang, v in intervals.items():
+        groups[cluster_of.get(lang, own[lang])][lang] = v
+    xelm_by_lang = _per_language(langs, nll_x, count)
+    out = {"split": split, "ensemble": _name(*HEADLINE),
+           "summary": {**summarize(intervals, tokens),
+                       "mean_loss": {"dense": _mean(dense_by_lang[lang] for lang in seen),
+                                     _name(*HEADLINE): _mean(xelm_by_lang.get(lang) for lang in seen)},
+                       "by_cluster": {g: summarize(v, tokens) for g, v in sorted(groups.items())}},
+           "languages": {lang: {"delta": d, "delta_ci": [lo, hi], "cluster": cluster_of.get(lang)}
+                         for lang, (d, lo, hi) in intervals.items()}}
+    write_json(run.report_for(split) / "headline.json", out)
+    return out
 
 
 def _deltas(intervals: dict, lang: str) -> dict:

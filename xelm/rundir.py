@@ -158,10 +158,10 @@ class RunDir:
         if mine != theirs:
             raise XelmError(f"--base-from {source.root}: its base was trained under another config "
                             f"({_first_difference(theirs, mine)}); only the experts section may differ")
-        self.prepare(cfg)
+        # The config is written last: a copy cut short leaves no run that would pre-train anew.
         shutil.copytree(source.tokenizer_dir, self.tokenizer_dir)
         shutil.copytree(source.base_dir, self.base_dir, ignore=shutil.ignore_patterns("checkpoints"))
-        return self
+        return self.prepare(cfg)
 
     def config(self) -> RunConfig:
         if not self.config_file.is_file():

@@ -36,13 +36,13 @@ from xelm.files import read_json, write_json, write_text  # noqa: E402
 from xelm.rundir import RunDir  # noqa: E402
 
 # name -> experts.* overrides; per-expert tokens are steps x 32 rows x 128 tokens.
-ROWS = {
-    "typology-k4-32": {"k": 4, "tokens": 131072},
-    "typology-k4-64": {"k": 4, "tokens": 262144},
-    "script-k8-32": {"k": 8, "by_script": True, "tokens": 131072},
-    "script-k8-32-lr3e-3": {"k": 8, "by_script": True, "tokens": 131072, "lr": 0.003},
-    "script-k8-16": {"k": 8, "by_script": True, "tokens": 65536},
-    "tfidf-k8-32": {"method": "tfidf", "k": 8, "tokens": 131072},
+ROWS = {  # every row names its method, so a base made under another default reads the same
+    "typology-k4-32": {"method": "typology", "k": 4, "by_script": False, "tokens": 131072},
+    "typology-k4-64": {"method": "typology", "k": 4, "by_script": False, "tokens": 262144},
+    "script-k8-32": {"method": "typology", "k": 8, "by_script": True, "tokens": 131072},
+    "script-k8-32-lr3e-3": {"method": "typology", "k": 8, "by_script": True, "tokens": 131072, "lr": 0.003},
+    "script-k8-16": {"method": "typology", "k": 8, "by_script": True, "tokens": 65536},
+    "tfidf-k8-32": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 131072},
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")

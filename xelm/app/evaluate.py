@@ -278,7 +278,7 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
     the cheap evaluation an ablation of many rows needs. Writes ``headline.json`` beside the
     split's report."""
     run = RunDir(run_dir)
-    cfg, plan, tok, _, cluster_cards, own, _, texts, langs = _held_out(run, split)
+    _, plan, tok, _, cluster_cards, own, _, texts, langs = _held_out(run, split)
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run.root, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
     routing = xelm.route(texts, router=HEADLINE[0], top_k=HEADLINE[1])

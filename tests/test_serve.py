@@ -302,11 +302,20 @@ def test_sigterm_drains_in_flight_requests_then_exits(tiny_expert_run, tmp_path)
                 done.append((r.status_code, time.monotonic()))
 
         threads = [threading.Thread(target=send) for _ in range(4)]
-        for t in threads:
+
+        def wait_in_flight(n: int) -> None:  # n requests besides this metrics one
+            deadline = time.monotonic() + 30
+            while _metrics(client)["xelm_requests_in_flight{}"] < 1 + n and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        # The first request alone finds the engine idle, which then waits 3 s for company: the
+        # others arrive inside that wait, so all four are in flight at SIGTERM however fast the
+        # machine is (sent together, they could fill a batch at once and finish before it).
+        threads[0].start()
+        wait_in_flight(1)
+        for t in threads[1:]:
             t.start()
-        deadline = time.monotonic() + 30
-        while _metrics(client)["xelm_requests_in_flight{}"] < 1 + len(threads) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_in_flight(len(threads))
         client.close()
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()

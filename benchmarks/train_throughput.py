@@ -36,8 +36,10 @@ def flops_per_token(cfg: ModelConfig, seq: int, mask_ratio: float) -> float:
     return 3 * (cfg.layers * layer + head)
 
 
-def matmul_peak(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
-    """FLOP/s of a large square matmul: the machine's practical peak for this dtype."""
+def matmul_peak(dtype=jnp.float32, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul: the machine's practical peak for this dtype (2048² on a
+    CPU, 8192² on an accelerator, which a smaller product does not fill)."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -76,9 +78,16 @@ def xelm_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
 
 
 def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
-    """The same for HF transformers' ModernBertForMaskedLM (PyTorch, sparse prediction)."""
+    """The same for HF transformers' ModernBertForMaskedLM (PyTorch, sparse prediction), on the
+    GPU when JAX runs on one, in bf16 autocast (f32 master weights) when xelm computes in bf16."""
+    import contextlib
+
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    half = compute_dtype(cfg) == jnp.bfloat16
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if half else contextlib.nullcontext
 
     torch.manual_seed(0)
     hf = ModernBertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
@@ -86,8 +95,8 @@ def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
                           local_attention=cfg.local_window, global_attn_every_n_layers=cfg.global_every,
                           max_position_embeddings=max(seq, 512), sparse_prediction=True,
                           pad_token_id=0, attn_implementation="sdpa")
-    model = ModernBertForMaskedLM(hf)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = ModernBertForMaskedLM(hf).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     rng = np.random.default_rng(0)
     ids = torch.tensor(rng.integers(5, cfg.vocab_size, (batch, seq)))
     labels = torch.full_like(ids, -100)
@@ -95,12 +104,17 @@ def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
     labels[masked] = ids[masked]
     ids = ids.masked_fill(masked, 4)
     attn = torch.ones_like(ids)
+    ids, labels, attn = ids.to(device), labels.to(device), attn.to(device)
 
     def step(n: int):
         for _ in range(n):
             opt.zero_grad()
-            model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+            loss.backward()
             opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
     step(2)
     return step
 
@@ -131,6 +145,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the chip's datasheet peak for the compute dtype (H100/H200 dense bf16: 989), "
+                         "for MFU the usual way, beside utilization of the measured matmul peak")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
@@ -148,16 +165,21 @@ def main() -> None:
     peak = matmul_peak(dtype=compute_dtype(cfg))
     out = {"tokens_per_s": tps, "flops_per_token": fpt, "flops_utilization": tps * fpt / peak,
            "matmul_peak_flops": peak, "backend": jax.default_backend(), "devices": jax.device_count(),
+           "device_kind": jax.devices()[0].device_kind, "dtype": str(jnp.dtype(compute_dtype(cfg))),
            "rounds": rounds}
+    if a.peak_tflops:
+        out["mfu"] = tps * fpt / (a.peak_tflops * 1e12)
     if a.compare_torch:
         out["torch_tokens_per_s"] = float(np.median(rounds["torch"]))
         out["ratio_vs_torch"] = tps / out["torch_tokens_per_s"]
         out["round_ratios"] = [x / t for x, t in zip(rounds["xelm"], rounds["torch"])]
+        out["torch_flops_utilization"] = out["torch_tokens_per_s"] * fpt / peak
     if a.json:
         print(json.dumps(out))
         return
     print(f"shape: V={a.vocab} D={a.hidden} L={a.layers} H={a.heads} F={a.ffn} S={a.seq} B={a.batch} "
-          f"mask={a.mask_ratio} on {out['devices']} {out['backend']} device(s)")
+          f"mask={a.mask_ratio} on {out['devices']} {out['backend']} device(s) ({out['device_kind']}), "
+          f"{out['dtype']}")
     print(f"{'':28}{'xelm (JAX)':>14}" + (f"{'HF torch':>14}{'ratio':>8}" if a.compare_torch else ""))
     line = f"{'tokens/s':28}{tps:>14,.0f}"
     if a.compare_torch:
@@ -165,7 +187,15 @@ def main() -> None:
     print(line)
     print(f"{'model FLOPs/token':28}{fpt / 1e6:>13.2f}M")
     print(f"{'matmul peak (measured)':28}{peak / 1e9:>12.1f} GFLOP/s")
-    print(f"{'FLOP utilization':28}{out['flops_utilization']:>14.1%}")
+    line = f"{'utilization of that peak':28}{out['flops_utilization']:>14.1%}"
+    if a.compare_torch:
+        line += f"{out['torch_flops_utilization']:>14.1%}"
+    print(line)
+    if a.peak_tflops:
+        line = f"{f'MFU ({a.peak_tflops:g} TFLOP/s peak)':28}{out['mfu']:>14.1%}"
+        if a.compare_torch:
+            line += f"{out['torch_tokens_per_s'] * fpt / (a.peak_tflops * 1e12):>14.1%}"
+        print(line)
     if a.compare_torch:
         print(f"{'ratio per round':28}" + " ".join(f"{r:.2f}" for r in out["round_ratios"]))
 

@@ -8,6 +8,8 @@ crosses a segment, and a local layer also stays inside its window.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -52,8 +54,10 @@ def rope(x_BxSxNxH, positions_BxS, theta: float):
 def attend(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS):
     """Softmax attention with a boolean mask: cuDNN's fused kernel on a GPU in half precision
     (chosen at trace time, by backend and dtype), else plain einsums (faster than
-    ``jax.nn.dot_product_attention`` on CPU)."""
-    if jax.default_backend() == "gpu" and q_BxSxNxH.dtype in (jnp.bfloat16, jnp.float16):
+    ``jax.nn.dot_product_attention`` on CPU). ``XELM_ATTENTION=xla`` keeps the einsums on a GPU
+    too: an escape hatch for a cuDNN that refuses a shape at compile time, and an A/B."""
+    if (jax.default_backend() == "gpu" and q_BxSxNxH.dtype in (jnp.bfloat16, jnp.float16)
+            and os.environ.get("XELM_ATTENTION", "auto") != "xla"):
         try:
             return jax.nn.dot_product_attention(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1xSxS,
                                                 implementation="cudnn")

@@ -7,7 +7,7 @@
 #   4. train-step throughput and MFU in bf16 against HF ModernBERT (PyTorch, bf16 autocast) at
 #      the reference shape, a ModernBERT-base-sized shape (also with XLA's attention instead of
 #      cuDNN's: an A/B) and a ModernBERT-large-sized one.
-# Each table is also written under $OUT (or /tmp/xelm-gpu) as JSON.
+# Each table is also written under $OUT (or /tmp/xelm-gpu) as text.
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.45  # PyTorch runs in the same process

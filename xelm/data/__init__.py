@@ -1,6 +1,16 @@
-"""Corpora (embedded UDHR, local files, HF hub datasets) and language-balanced sampling."""
+"""Corpora (embedded UDHR, local files, HF hub datasets) and language-balanced sampling.
 
-from xelm.data.corpus import SPLITS, corpus_stats, load_corpus, texts_by_lang
-from xelm.data.sampling import language_probabilities, sample_texts
+The corpus names resolve on first use (PEP 562): training imports only ``sampling``, so a train
+step runs where HF ``datasets`` is not installed (an accelerator image) and starts sooner."""
 
-__all__ = ["SPLITS", "corpus_stats", "language_probabilities", "load_corpus", "sample_texts", "texts_by_lang"]
+import importlib
+
+_SOURCES = {"SPLITS": "corpus", "corpus_stats": "corpus", "load_corpus": "corpus", "texts_by_lang": "corpus",
+            "language_probabilities": "sampling", "sample_texts": "sampling"}
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'xelm.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"xelm.data.{_SOURCES[name]}"), name)

@@ -4,7 +4,8 @@
 #   1. versions and the card;
 #   2. cuDNN's fused attention: taken (the compiled HLO calls it) and equal to the f32 einsums;
 #   3. the model's loss in bf16 against f32 on one batch;
-#   4. train-step throughput and MFU in bf16 against HF ModernBERT (PyTorch, bf16 autocast) at
+#   4. the base-sized step taken apart (benchmarks/step_breakdown.py);
+#   5. train-step throughput and MFU in bf16 against HF ModernBERT (PyTorch, bf16 autocast) at
 #      the reference shape, a ModernBERT-base-sized shape (also with XLA's attention instead of
 #      cuDNN's: an A/B) and a ModernBERT-large-sized one.
 # Each table is also written under $OUT (or /tmp/xelm-gpu) as text.
@@ -17,7 +18,10 @@ PEAK="${PEAK_TFLOPS:-989}"  # H100 / H200 SXM dense bf16, datasheet
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 - <<'EOF' || exit 1
+import sys
 import flax, jax, optax, orbax.checkpoint, torch, transformers
+if jax.default_backend() != "gpu":
+    sys.exit(f"gpu_check.sh is for a GPU machine; JAX's backend here is {jax.default_backend()}")
 print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "torch", torch.__version__,
       "transformers", transformers.__version__, "devices", jax.devices())
 EOF
@@ -64,6 +68,9 @@ run() {  # name, then train_throughput.py's shape flags
   python3 benchmarks/train_throughput.py --dtype bfloat16 --compare-torch --peak-tflops "$PEAK" \
     --steps 10 --rounds 5 "$@" | tee "$OUT/$name.txt"
 }
+echo; echo "== the base-sized step taken apart"
+python3 benchmarks/step_breakdown.py --vocab 32768 --hidden 768 --layers 22 --heads 12 --ffn 1152 --seq 512 \
+  --batch 64 --local-window 512 --dtype bfloat16 | tee "$OUT/breakdown.txt"
 run reference
 run base --vocab 32768 --hidden 768 --layers 22 --heads 12 --ffn 1152 --seq 512 --batch 64 --local-window 512
 XELM_ATTENTION=xla run base-xla-attention --vocab 32768 --hidden 768 --layers 22 --heads 12 --ffn 1152 --seq 512 --batch 64 --local-window 512

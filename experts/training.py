@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from clustering.build import main_scripts
 from clustering.naming import slug
 from experts.plan_integrity import check_dense_matches, check_experts_match_plan, plan_fingerprint
 from experts.registry import check_name, run_registry
@@ -18,6 +19,7 @@ from xelm.batches import VALIDATION_SEED, TokenizedCorpus, make_batch
 from xelm.config import MAX_STEPS, RunConfig, Stage, to_dict
 from xelm.curriculum import stage_index, stage_probabilities
 from xelm.data import load_corpus, texts_by_lang
+from xelm.data.writing_systems import dominant_script
 from xelm.errors import XelmError
 from xelm.files import claim_work_folder, read_json, write_json
 from xelm.languages import parse_language_list
@@ -245,9 +247,9 @@ def train_control(run_dir: str | Path, language: str, parent: str, tokens: int, 
 def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, parent: str = "auto",
                  name: str | None = None, corpus: str | None = None, registry: str | None = None,
                  progress: bool = True, among: list[str] | None = None) -> dict:
-    """HMR: a new expert for ``languages``, branched from the typologically nearest expert
-    (``auto``; nearest of ``among`` when given), the base, or a named expert. No other expert's
-    files change."""
+    """HMR: a new expert for ``languages``, branched from the typologically nearest expert among
+    those that share the new languages' main script (``auto``; nearest of ``among`` when given),
+    the base, or a named expert. No other expert's files change."""
     run = RunDir(run_dir)
     tokens = check_tokens(tokens)
     langs = parse_language_list(languages) if isinstance(languages, str) else list(languages)
@@ -260,7 +262,9 @@ def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, p
     distance = None
     if parent == "auto":
         cards = [c for c in reg.cards() if among is None or c["name"] in among]
-        parent, distance = nearest_expert(langs, cards, texts)
+        scripts = main_scripts(cfg.data.corpus, sorted({lang for c in cards for lang in c["languages"]}))
+        scripts |= {lang: dominant_script(texts.get(lang, [])) for lang in langs}
+        parent, distance = nearest_expert(langs, cards, texts, scripts)
     parent_model = run.base() if parent == "base" else reg.load(parent)
     work = run.expert_work(name)
     result, bcfg, val, texts = _train_copy(run.root, parent_model, langs, tokens, work, corpus,

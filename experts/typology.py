@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from clustering import uriel
@@ -26,10 +28,24 @@ def typology_centroid(languages: list[str], texts_by_lang=None) -> list[float]:
     return [round(float(x), 4) for x in np.concatenate(parts)]
 
 
-def nearest_expert(new_languages: list[str], cards: list[dict], texts_by_lang=None) -> tuple[str, float]:
-    """The expert whose languages are typologically nearest (mean pairwise distance)."""
+def same_script_cards(new_scripts: list[str], cards: list[dict], scripts: dict[str, str]) -> list[dict]:
+    """The experts that hold a language written in the new languages' main script (all experts
+    when none does): a small model shares subwords within a script, not across scripts, so a
+    Cyrillic newcomer branched from a Latin-script expert starts from the wrong vocabulary."""
+    main = Counter(new_scripts).most_common(1)[0][0]
+    same = [c for c in cards if any(scripts.get(lang) == main for lang in c["languages"])]
+    return same or cards
+
+
+def nearest_expert(new_languages: list[str], cards: list[dict], texts_by_lang=None,
+                   scripts: dict[str, str] | None = None) -> tuple[str, float]:
+    """The expert whose languages are typologically nearest (mean pairwise distance); with
+    ``scripts`` (language -> main script, new languages included), nearest among the experts
+    that share the new languages' script."""
     if not cards:
         raise XelmError("the registry has no experts to branch from: use --parent base")
+    if scripts is not None:
+        cards = same_script_cards([scripts[lang] for lang in new_languages], cards, scripts)
     all_langs = sorted({*new_languages, *(lang for c in cards for lang in c["languages"])})
     proxy = uriel_proxies(all_langs, texts_by_lang)
     codes = sorted(set(proxy.values()))

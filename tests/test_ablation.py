@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import TINY_CONFIG
 
-from xelm.config import load_config
+from xelm.config import load_config, to_dict
 from xelm.errors import XelmError
 from xelm.pretrain import pretrain
 from xelm.rundir import RunDir
@@ -39,3 +39,13 @@ def test_demo_base_from_refuses_a_base_of_another_config_in_one_line(tiny_base_r
                            "train.lr=0.5"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "train.lr" in proc.stderr and not (tmp_path / "new").exists()
+
+
+def test_the_study_config_takes_the_demo_base():
+    # `xelm demo --config configs/udhr-study.yaml --base-from DEMO_RUN` must be accepted: the two
+    # configs differ in experts only, and the study's experts train longer than the demo's.
+    configs = TINY_CONFIG.parent
+    demo, study = (to_dict(load_config(configs / name)) for name in ("udhr-demo.yaml", "udhr-study.yaml"))
+    demo_experts, study_experts = demo.pop("experts"), study.pop("experts")
+    assert demo == study
+    assert study_experts["tokens"] > demo_experts["tokens"]

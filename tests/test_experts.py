@@ -14,6 +14,7 @@ import pytest
 
 from experts.registry import Registry
 from experts.training import add_language, train_baseline, train_control
+from experts.typology import nearest_expert
 from xelm.app.cli import main
 from xelm.errors import XelmError
 
@@ -82,6 +83,17 @@ def test_hmr_adds_a_language_without_touching_other_experts(run, capsys):
         assert {k: v for k, v in after.items() if k.startswith(name + "/")} == \
                {k: v for k, v in before.items() if k.startswith(name + "/")}
     assert Registry(run / "registry").names() == sorted(others | {"hmr-por"})
+
+
+def test_hmr_parent_shares_the_new_languages_script_when_an_expert_does():
+    cards = [{"name": "latin-slavic", "languages": ["pol", "ces", "slk"]},
+             {"name": "cyrillic-turkic", "languages": ["kaz", "kir", "tat"]}]
+    scripts = {"pol": "Latn", "ces": "Latn", "slk": "Latn", "kaz": "Cyrl", "kir": "Cyrl", "tat": "Cyrl",
+               "ukr": "Cyrl", "kor": "Kore"}
+    assert nearest_expert(["ukr"], cards)[0] == "latin-slavic"  # typology alone: Slavic, Latin script
+    assert nearest_expert(["ukr"], cards, scripts=scripts)[0] == "cyrillic-turkic"
+    # No expert writes Hangul: the typologically nearest of all, as without scripts.
+    assert nearest_expert(["kor"], cards, scripts=scripts) == nearest_expert(["kor"], cards)
 
 
 def test_hmr_on_a_users_own_corpus_of_a_language_udhr_lacks(run, udhr):

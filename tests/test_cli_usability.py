@@ -287,9 +287,7 @@ def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_r
     rc, out, err = xelm_on_terminal("tokenizer", "stats", str(tok), "--split", "validation")
     assert rc == 0 and "tokenizer stats" in err and "text" in err.split("tokenizer stats", 1)[1], err
     assert "tokens/word" in out
-    rc, out, err = xelm_on_terminal("tokenizer", "stats", str(tok), "--split", "validation", "--json")
-    assert rc == 0 and "tokenizer stats" not in err and json.loads(out)["summary"]["languages"] > 400
-    done = xelm("tokenizer", "stats", str(tok), "--split", "validation")
+    done = xelm("tokenizer", "stats", str(tok), "--split", "validation")  # stderr not a terminal
     assert done.returncode == 0 and "tokenizer stats" not in done.stderr, done.stderr
 
     plan = tmp_path / "model-plan.json"
@@ -298,20 +296,20 @@ def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_r
     assert rc == 0 and "embedding held-out text with the base encoder" in err, err
     assert "model plan of 6 languages: step 0/2" in err and "plots and plan file: step 1/2" in err, err
     assert json.loads(plan.read_text())["method"] == "model"
-    done = xelm("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",
-                "--languages", "eng,deu,fra,spa,rus,pol", "--out", str(plan), "--json")
-    assert done.returncode == 0 and "embedding" not in done.stderr and json.loads(done.stdout)["method"] == "model"
+    rc, out, err = xelm_on_terminal("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",
+                                    "--languages", "eng,deu,fra,spa,rus,pol", "--out", str(plan), "--json")
+    assert rc == 0 and "embedding" not in err and json.loads(out)["method"] == "model"  # --json: no bar
 
 
-def test_a_loss_curve_of_too_few_logged_steps_is_said_not_drawn(tiny_tokenizer, tiny_overrides, tmp_path):
+def test_a_loss_curve_of_too_few_logged_steps_is_said_not_drawn(tiny_tokenizer, tiny_overrides, tmp_path, capsys):
     """Two steps log too few points for a curve: no empty picture, and the summary says why."""
     from xelm.train import MIN_PLOTTED_LOGS
 
     run = tmp_path / "run"
     shutil.copytree(tiny_tokenizer, run / "tokenizer")
-    done = xelm("pretrain", "--config", "configs/udhr-tiny.yaml", "--run-dir", str(run), *tiny_overrides,
-                "train.steps=2", "train.warmup_steps=0", "train.log_every=1")
-    assert done.returncode == 0, done.stderr
-    assert f"plot none (a curve needs {MIN_PLOTTED_LOGS} logged steps" in done.stdout, done.stdout
+    assert cli(["pretrain", "--config", str(ROOT / "configs" / "udhr-tiny.yaml"), "--run-dir", str(run),
+                *tiny_overrides, "train.steps=2", "train.warmup_steps=0", "train.log_every=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"plot none (a curve needs {MIN_PLOTTED_LOGS} logged steps" in out, out
     assert not (run / "base" / "loss.png").exists()
     assert json.loads((run / "base" / "summary.json").read_text())["plot"] is None

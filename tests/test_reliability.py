@@ -179,6 +179,8 @@ def test_killed_demo_leaves_a_consistent_registry_and_resumes(tmp_path, tiny_bas
     _kill_when(proc, lambda: (run / "registry" / "index.json").exists() and len(registry.names()) >= 1,
                tmp_path / "log")
     assert not (run / "demo.json").exists()  # killed mid-way
+    log = (tmp_path / "log").read_text()
+    assert "[4/7] experts" in log and "step/s" not in log, log  # a log file: stage lines, no progress bars
     first = registry.cards()
     for card in first:
         registry.load(card["name"])  # complete, checksum verified

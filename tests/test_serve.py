@@ -285,7 +285,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tiny_expert_run, tmp_path)
     run = tmp_path / "run"
     shutil.copytree(tiny_expert_run, run)
     proc = subprocess.Popen([sys.executable, "-m", "xelm", "serve", "--run-dir", str(run), "--port", "0",
-                             "--max-wait-ms", "3000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--max-wait-ms", "3000", "--no-warm-up"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     try:
         line = proc.stdout.readline()

@@ -208,6 +208,9 @@ def _serve(sub) -> None:
                    help="seconds between looks at the registry's index (default 1)")
     p.add_argument("--temperature", type=float, default=0.1, help="default TF-IDF router temperature (0.1)")
     p.add_argument("--prior", default="uniform", help="posterior router prior: uniform | validation")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="ready once the experts are loaded, compiling each batch shape on its first request "
+                        "(starts in seconds; the first requests of each shape are slow): for development")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds to finish in-flight requests (default 30)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])

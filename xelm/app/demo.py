@@ -18,7 +18,7 @@ from clustering.typology import parse_features
 from experts.plan_integrity import plan_languages
 from experts.registry import run_registry
 from experts.training import add_language, train_all, train_baseline, train_control
-from xelm.app.console import print_json
+from xelm.app.console import interactive, print_json
 from xelm.app.evaluate import evaluate
 from xelm.app.report import headline_sentence
 from xelm.config import load_config
@@ -68,16 +68,18 @@ class StageClock:
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
-             progress: bool = True, base_from: str | Path | None = None) -> dict:
+             progress: bool = True, base_from: str | Path | None = None, say_stages: bool | None = None) -> dict:
     """Every stage into ``run_dir``; ``base_from``: a finished run whose tokenizer and base to
-    start from (the same config but for ``experts``), as an ablation of the expert stages does."""
+    start from (the same config but for ``experts``), as an ablation of the expert stages does.
+    ``progress``: bars (a terminal); ``say_stages``: the stage lines and time table (default: as
+    ``progress``; a log file wants the lines without the bars)."""
     cfg = load_config(config_path(config), overrides)
     parse_features(cfg.experts.features)  # a typo fails now, not after pre-training
     run = RunDir(run_dir)
     if base_from is not None and not run.is_run():
         run.adopt_base(base_from, cfg)
     run_dir = run.root
-    say = print if progress else (lambda *a, **k: None)
+    say = print if (progress if say_stages is None else say_stages) else (lambda *a, **k: None)
     t0, clock = time.perf_counter(), StageClock()
 
     with clock.stage("corpus"):
@@ -157,7 +159,8 @@ def _add_held_out(run: RunDir, lang: str, tokens: int, cluster_experts: list[str
 
 
 def cmd_demo(args) -> int:
-    summary = run_demo(args.config, args.run_dir, args.overrides, progress=not args.json, base_from=args.base_from)
+    summary = run_demo(args.config, args.run_dir, args.overrides, progress=interactive(args),
+                       base_from=args.base_from, say_stages=not args.json)
     if args.json:
         print_json(summary)
     return 0

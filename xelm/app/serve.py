@@ -255,7 +255,7 @@ def cmd_serve(args) -> int:
             raise XelmError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
     engine = Engine(args.run_dir, args.registry, max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
                     max_wait_s=args.max_wait_ms / 1000, watch_interval_s=args.watch_interval,
-                    temperature=args.temperature, prior=args.prior)
+                    temperature=args.temperature, prior=args.prior, warm_up=not args.no_warm_up)
     app = create_app(engine, args.max_texts)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]

@@ -94,8 +94,9 @@ class Engine:
     def __init__(self, run_dir: str | Path, registry: str | None = None, *, max_batch_tokens: int = 8192,
                  max_queue: int = 256, max_wait_s: float = 0.005, watch_interval_s: float = 1.0,
                  temperature: float = 0.1, prior: str = "uniform", metrics: Metrics | None = None,
-                 call_tokens: int = CALL_TOKENS):
+                 call_tokens: int = CALL_TOKENS, warm_up: bool = True):
         self.run_dir, self.registry_arg, self.call_tokens = Path(run_dir), registry, call_tokens
+        self.warm_up = warm_up
         self.max_batch_tokens, self.max_queue, self.max_wait_s = max_batch_tokens, max_queue, max_wait_s
         self.watch_interval_s, self.temperature, self.prior = watch_interval_s, temperature, prior
         self.metrics = metrics or Metrics()
@@ -162,8 +163,12 @@ class Engine:
                  time.perf_counter() - t0)
 
     def _warm(self, model: XELM) -> None:
+        """Ready once the experts are loaded and, unless ``warm_up`` is off (a development server
+        that is ready at once and compiles each batch shape on its first request), every batch
+        shape is compiled."""
         self._load(model)
-        self._compile(model, self.grid(model), threads=os.cpu_count() or 1)  # nothing is served yet
+        if self.warm_up:
+            self._compile(model, self.grid(model), threads=os.cpu_count() or 1)  # nothing is served yet
 
     def _build_if_changed(self) -> Served | None:
         """A new generation if the experts changed, ready to serve the shapes traffic has used

@@ -43,6 +43,7 @@ ROWS = {  # every row names its method, so a base made under another default rea
     "script-k8-32-lr3e-3": {"method": "typology", "k": 8, "by_script": True, "tokens": 131072, "lr": 0.003},
     "script-k8-16": {"method": "typology", "k": 8, "by_script": True, "tokens": 65536},
     "tfidf-k8-32": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 131072},
+    "tfidf-k8-128": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 524288},  # the study's experts
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")

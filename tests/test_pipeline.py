@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from conftest import TINY_CONFIG
 
 from xelm.app.demo import run_demo
 from xelm.app.evaluate import evaluate, evaluate_headline
+from xelm.config import load_config
+from xelm.errors import XelmError
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path):
@@ -29,7 +32,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert s["equal_compute"] and m["compute"]["tokens_by_lang"]["dense"] == m["compute"]["tokens_by_lang"]["experts"]
     assert s["significant_wins"] + s["significant_losses"] <= s["languages"] and s["scored_tokens_median"] >= 200
     lo, hi = s["mean_delta_ci"]
-    assert lo <= s["mean_delta_loss"] <= hi and s["soft_mixture"]["languages"] == 6
+    assert lo <= s["mean_delta_loss"] <= hi and s["second_line"]["languages"] == 6
     assert all(r["delta_ci"][0] <= r["delta"] <= r["delta_ci"][1] for r in m["languages"].values() if "delta" in r)
     for lang, row in m["languages"].items():  # routing by the language = that language's own expert
         if row["cluster"]:
@@ -57,6 +60,22 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert "validation split" in (run / "report-validation" / "report.md").read_text()
     assert v["summary"]["languages"] == 6 and v["languages"]["eng"]["dense"] != m["languages"]["eng"]["dense"]
     assert "skipped" in v["transfer"] and (report / "metrics.json").read_bytes() == test_bytes
+
+    # Validation lists every ensemble's share of improved languages; the config's ensemble, chosen
+    # by it, is the headline, with top-1 routing as the second line when the soft mixture leads.
+    imp = v["summary"]["improved_by_ensemble"]
+    assert {"xelm:tfidf@1", "xelm:tfidf@2", "xelm:tfidf@all", "xelm:posterior@2"} <= set(imp)
+    assert imp["xelm:tfidf@1"] == v["summary"]["improved_fraction"]
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("ensemble: tfidf@1", "ensemble: tfidf@all"))
+    soft = evaluate(run, progress=False, split="validation")
+    assert soft["headline"]["ensemble"] == "xelm:tfidf@all" and soft["headline"]["second_line"] == "xelm:tfidf@1"
+    assert soft["summary"]["improved_fraction"] == imp["xelm:tfidf@all"]
+    assert soft["summary"]["second_line"]["significant_wins"] == v["summary"]["significant_wins"]
+    assert "chosen on the validation split" in (run / "report-validation" / "report.md").read_text()
+    config.write_text(config.read_text().replace("ensemble: tfidf@all", "ensemble: tfidf@1"))
+    with pytest.raises(XelmError, match="experts.ensemble 'magic' is not one of"):
+        load_config(TINY_CONFIG, ["experts.ensemble=magic"])
 
     # The ablation's cheap evaluation (each text through the dense model and its routed expert
     # only) gives the full evaluation's headline, language by language.

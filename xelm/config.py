@@ -175,6 +175,9 @@ class TrainConfig:
                             "clip_norm > 0")
 
 
+ENSEMBLES = ("tfidf@1", "tfidf@2", "tfidf@all", "language@1", "language@2", "posterior@1", "posterior@2")
+
+
 @dataclass(frozen=True)
 class ExpertConfig:
     """How experts are made: the cluster plan, each expert's token budget and its training."""
@@ -193,9 +196,14 @@ class ExpertConfig:
     decay_fraction: float = 0.2
     mask_ratio: float = 0.15
     temperature: float = 0.5
+    # The evaluation's headline ensemble, router@experts kept: chosen on the validation split
+    # (`xelm evaluate --split validation` scores every one of ENSEMBLES), never on test.
+    ensemble: str = "tfidf@1"
 
     def __post_init__(self):
         _check_finite(self, "experts")
+        if self.ensemble not in ENSEMBLES:
+            raise XelmError(f"experts.ensemble {self.ensemble!r} is not one of {', '.join(ENSEMBLES)}")
         if not (0 <= self.warmup_fraction < 1 and 0 < self.decay_fraction < 1
                 and self.warmup_fraction + self.decay_fraction <= 1):
             raise XelmError(f"experts: warmup_fraction and decay_fraction must be in [0, 1) and (0, 1) and sum "

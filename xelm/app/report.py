@@ -175,12 +175,14 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
                    f"{s['significant_wins']} significant wins and {s['significant_losses']} significant losses of "
                    f"{s['languages']}, the rest within noise ({s['scored_tokens_median']:,.0f} scored test tokens "
                    "in the median language).")
-        soft = s.get("soft_mixture")
-        if soft and soft["languages"]:
-            lo, hi = soft["mean_delta_ci"]
-            out.append(f"Soft mixture (c-BTM, every expert weighted by TF-IDF, T = 0.1; fixed in advance): mean Δ "
-                       f"{soft['mean_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}], {soft['significant_wins']} "
-                       f"significant wins, {soft['significant_losses']} significant losses.")
+        second = s.get("second_line")
+        if second and second["languages"]:
+            lo, hi = second["mean_delta_ci"]
+            name = metrics["headline"]["second_line"]
+            out.append(f"Second line, {name} ({metrics['headline']['descriptions'][name]}): mean Δ "
+                       f"{second['mean_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}], {second['significant_wins']} "
+                       f"significant wins, {second['significant_losses']} significant losses; better point "
+                       f"estimate on {second['improved_fraction']:.1%}.")
     if means.get("own_expert") is not None and means.get(head) is not None:
         gap = means[head] - means["own_expert"]
         out.append(f"Routing: {head} is {abs(gap):.3f} nats {'worse' if gap > 0 else 'better'} than always using "
@@ -275,12 +277,18 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         f"- {headline_sentence(metrics)}",
         f"- Compute: dense {c['dense_tokens']:,} tokens vs experts {c['experts_total']:,} in total, both on top "
         f"of the base's {c['base_tokens']:,}; {c['why']}.",
-        f"- Second fixed line, c-BTM soft mixture ({metrics['headline']['soft_mixture']}): mean Δ "
-        f"{_delta(s['soft_mixture']['mean_delta_loss'])}, {s['soft_mixture']['significant_wins']} significant wins, "
-        f"{s['soft_mixture']['significant_losses']} significant losses.", "",
+        f"- Second line, {metrics['headline']['second_line']} "
+        f"({metrics['headline']['descriptions'][metrics['headline']['second_line']]}): mean Δ "
+        f"{_delta(s['second_line']['mean_delta_loss'])}, {s['second_line']['significant_wins']} significant wins, "
+        f"{s['second_line']['significant_losses']} significant losses.", "",
         "## What the numbers say", "", *[f"- {line}" for line in findings(metrics, distance)], "",
         "## Mean loss by model", "", "| model | mean loss |", "|---|---|",
         *[f"| {name} | {_fmt(v)} |" for name, v in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9)],
+        "", "## Every ensemble: languages it improves over the dense model", "",
+        "The validation split's table is the one to choose `experts.ensemble` by.", "",
+        "| ensemble | better point estimate than dense |", "|---|---|",
+        *[f"| {name} | {_fmt(v, True)} |" for name, v in sorted(s.get("improved_by_ensemble", {}).items(),
+                                                              key=lambda kv: -kv[1])],
         "", "## By resource level (the curriculum stage a language joined)", "",
         *group_rows(s["by_resource_level"]),
         "", "## By cluster", "", *group_rows(s["by_cluster"]),

@@ -174,6 +174,8 @@ def main() -> None:
         out["ratio_vs_torch"] = tps / out["torch_tokens_per_s"]
         out["round_ratios"] = [x / t for x, t in zip(rounds["xelm"], rounds["torch"])]
         out["torch_flops_utilization"] = out["torch_tokens_per_s"] * fpt / peak
+        if a.peak_tflops:
+            out["torch_mfu"] = out["torch_tokens_per_s"] * fpt / (a.peak_tflops * 1e12)
     if a.json:
         print(json.dumps(out))
         return
@@ -194,7 +196,7 @@ def main() -> None:
     if a.peak_tflops:
         line = f"{f'MFU ({a.peak_tflops:g} TFLOP/s peak)':28}{out['mfu']:>14.1%}"
         if a.compare_torch:
-            line += f"{out['torch_tokens_per_s'] * fpt / (a.peak_tflops * 1e12):>14.1%}"
+            line += f"{out['torch_mfu']:>14.1%}"
         print(line)
     if a.compare_torch:
         print(f"{'ratio per round':28}" + " ".join(f"{r:.2f}" for r in out["round_ratios"]))

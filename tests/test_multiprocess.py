@@ -1,6 +1,7 @@
-"""Multi-process data parallelism on JAX's own runtime: two processes on this machine joined by
-``jax.distributed.initialize`` (loopback coordinator, one CPU device each) pre-train with the same
-losses as one process on the same global batch, and their checkpoint resumes in one process."""
+"""Data parallelism on JAX's own runtime: two processes on this machine joined by
+``jax.distributed.initialize`` (loopback coordinator, one CPU device each), and one process over
+two local devices, pre-train with the same losses as one device on the same global batch; the
+pair's checkpoint resumes in the two-device process."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "udhr-tiny.yaml"
 
+LANGUAGES = ["eng", "fra", "deu", "rus", "cmn", "arb", "hin", "swh", "jpn", "spa"]
 WORKER = """
 import json, sys
 import jax
@@ -30,7 +32,7 @@ from xelm.tokenizer import load_tokenizer
 from xelm.train import train
 cfg = load_config(sys.argv[4], sys.argv[7:])
 tok = load_tokenizer(sys.argv[5])
-split = load_corpus("udhr", languages=["eng", "fra", "deu", "rus", "cmn", "arb", "hin", "swh", "jpn", "spa"])["train"]
+split = load_corpus("udhr", languages=LANGUAGES)["train"]
 corpus = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
 out = {"processes": jax.process_count(), "devices": jax.device_count()}
 for spec in sys.argv[6].split(","):  # run_dir:max_steps
@@ -39,7 +41,7 @@ for spec in sys.argv[6].split(","):  # run_dir:max_steps
     rows = [json.loads(x) for x in open(f"{run_dir}/metrics.jsonl")] if jax.process_index() == 0 else []
     out[run_dir] = {"losses": [x["loss"] for x in rows], "resumed_from": r.resumed_from, "step": r.step}
 print(json.dumps(out))
-"""
+""".replace("LANGUAGES", repr(LANGUAGES))
 
 
 def _free_port() -> int:
@@ -48,8 +50,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _workers(n: int, runs: str, tokenizer: Path, overrides: list[str]) -> list[dict]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+def _workers(n: int, runs: str, tokenizer: Path, overrides: list[str], devices: int = 1) -> list[dict]:
+    """``n`` processes of ``devices`` CPU devices each, training the ``run_dir:max_steps`` list ``runs``."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(n), str(i), port, str(TINY), str(tokenizer), runs,
                                *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,13 +68,29 @@ def _workers(n: int, runs: str, tokenizer: Path, overrides: list[str]) -> list[d
 def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_path, tiny_tokenizer, tiny_overrides):
     overrides = [*tiny_overrides, "train.steps=4", "train.log_every=1", "train.checkpoint_every=3",
                  "train.warmup_steps=1"]
+    # The reference: one device (this process), 4 steps.
+    from xelm.batches import TokenizedCorpus
+    from xelm.config import load_config
+    from xelm.data import load_corpus
+    from xelm.tokenizer import load_tokenizer
+    from xelm.train import train
+
+    tok = load_tokenizer(tiny_tokenizer)
+    split = load_corpus("udhr", languages=LANGUAGES)["train"]
+    ref_dir = tmp_path / "reference"
+    train(load_config(TINY, overrides), TokenizedCorpus.from_texts(tok, split["lang"], split["text"]), ref_dir,
+          mask_id=tok.mask_token_id, max_steps=4, progress=False)
+    reference = [json.loads(x)["loss"] for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(reference) == 4
+
     pair = _workers(2, f"{tmp_path / 'pair'}:3", tiny_tokenizer, overrides)
     assert [o["processes"] for o in pair] == [2, 2] and pair[0]["devices"] == 2
-    # One process: the same 4 steps from scratch, then the pair's run resumed from its step-3 checkpoint.
-    (one,) = _workers(1, f"{tmp_path / 'one'}:4,{tmp_path / 'pair'}:4", tiny_tokenizer, overrides)
-    reference = one[str(tmp_path / "one")]["losses"]
-    assert len(reference) == 4
     assert pair[0][str(tmp_path / "pair")]["losses"] == pytest.approx(reference[:3], rel=1e-4)
+    # One process over two local devices: the same 4 steps from scratch, then the pair's run
+    # resumed from its step-3 checkpoint.
+    (one,) = _workers(1, f"{tmp_path / 'one'}:4,{tmp_path / 'pair'}:4", tiny_tokenizer, overrides, devices=2)
+    assert one["processes"] == 1 and one["devices"] == 2
+    assert one[str(tmp_path / "one")]["losses"] == pytest.approx(reference, rel=1e-4)
     resumed = one[str(tmp_path / "pair")]
     assert resumed["resumed_from"] == 3 and resumed["step"] == 4
     assert resumed["losses"] == pytest.approx(reference, rel=1e-4)

@@ -1,12 +1,10 @@
-"""Packing, masking, curriculum, config, and the training loop: resume and data parallelism."""
+"""Packing, masking, curriculum, config, and the training loop: resume (data parallelism:
+test_multiprocess.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,37 +134,6 @@ def test_changed_config_in_existing_run_dir_is_refused(tmp_path, tiny_tokenizer,
     assert main([*args, *tiny_overrides]) == 0
     assert main([*args, "train.steps=99", *tiny_overrides]) == 2
     assert main(["pretrain", "--config", str(tmp_path / "none.yaml"), "--run-dir", str(run)]) == 2
-
-
-SHARDED = """
-import json, sys
-import jax
-from xelm.batches import TokenizedCorpus
-from xelm.config import load_config
-from xelm.tokenizer import load_tokenizer
-from xelm.data import load_corpus
-from xelm.train import train
-cfg = load_config(sys.argv[1], sys.argv[4:])
-tok = load_tokenizer(sys.argv[2])
-split = load_corpus("udhr", languages=["eng", "fra", "deu", "rus", "cmn", "arb", "hin", "swh", "jpn", "spa"])["train"]
-corpus = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
-r = train(cfg, corpus, sys.argv[3], mask_id=tok.mask_token_id, max_steps=4, progress=False)
-print(json.dumps({"devices": jax.device_count(), "loss": r.loss}))
-"""
-
-
-def test_data_parallel_over_two_devices_matches_one(tmp_path, tiny_tokenizer, tiny_overrides):
-    results = {}
-    for n in (1, 2):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
-               "JAX_PLATFORMS": "cpu"}
-        out = subprocess.run([sys.executable, "-c", SHARDED, str(TINY), str(tiny_tokenizer),
-                              str(tmp_path / f"dev{n}"), "train.log_every=1", *tiny_overrides],
-                             env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        results[n] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert results[2]["devices"] == 2
-    assert results[2]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)
 
 
 def test_logged_loss_is_the_window_mean_and_survives_resume_mid_window(tmp_path, tiny_tokenizer, tiny_overrides):

@@ -3,10 +3,10 @@
 Starts ``xelm serve --port 0`` on 127.0.0.1 (a real subprocess), waits for /ready (the server
 compiles its batch shapes before it says ready: the time is printed), sends an untimed warm-up
 pass of a few texts at every concurrency, then for each concurrency sends the same texts
-(bounded in count and time) and prints texts/s, p50 and p99 latency, the mean batch, the
-1-minute load average around it (the machine may be shared: compare ratios measured in one
-run), and the ratio of the top concurrency's throughput to the same texts sent one at a time
-(concurrency 1)::
+(bounded in count and time; each client on one kept-alive connection) and prints texts/s, p50
+and p99 latency, the mean batch, the 1-minute load average around it (the machine may be
+shared: compare ratios measured in one run), and the ratio of the top concurrency's throughput
+to the same texts sent one at a time (concurrency 1)::
 
     python benchmarks/serve_throughput.py --run-dir runs/demo [--endpoint score] [--requests 256]
 """
@@ -62,28 +62,45 @@ def start_server(run_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str
     raise SystemExit("the server did not get ready in 600 s")
 
 
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,
+                body: bytes) -> int:
+    """One HTTP/1.1 POST on a kept-alive connection; the status code (the body is read and dropped)."""
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
+
+
 async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds: float) -> dict:
-    """``clients`` workers send one text per request until the texts or the time run out."""
+    """``clients`` workers, one kept-alive connection each, send one text per request until the
+    texts or the time run out. A bare asyncio client: with httpx's, the load generator (sharing
+    the server's cores) was what limited throughput at 32 clients (benchmarks/README.md, serving)."""
+    host, port = url.removeprefix("http://").split(":")
     latencies, failures, next_text = [], 0, 0
     deadline = time.perf_counter() + seconds
 
-    async def worker(client: httpx.AsyncClient):
+    async def worker():
         nonlocal next_text, failures
-        while next_text < len(texts) and time.perf_counter() < deadline:
-            text = texts[next_text]
-            next_text += 1
-            t0 = time.perf_counter()
-            r = await client.post(endpoint, json={"text": text})
-            if r.status_code == 200:
-                latencies.append(time.perf_counter() - t0)
-            else:
-                failures += 1
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while next_text < len(texts) and time.perf_counter() < deadline:
+                body = json.dumps({"text": texts[next_text]}).encode()
+                next_text += 1
+                t0 = time.perf_counter()
+                if await asyncio.wait_for(_post(reader, writer, f"{host}:{port}", endpoint, body), 120) == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    failures += 1
+        finally:
+            writer.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - t0
     lat = np.array(latencies)
     return {"clients": clients, "texts": len(lat), "failed": failures, "seconds": round(wall, 3),
             "texts_per_s": round(len(lat) / wall, 2), "p50_ms": round(1000 * float(np.percentile(lat, 50)), 1),

@@ -20,13 +20,23 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+def get(url: str) -> str | None:
+    """The body of a GET answered 200; None when the server is not up or not ready (503)."""
+    try:
+        with LOOPBACK.open(url, timeout=5) as r:
+            return r.read().decode()
+    except OSError:  # refused, HTTPError (503 before /ready), timeouts
+        return None
 
 
 def texts_for(run_dir: Path, n: int) -> list[str]:
@@ -52,11 +62,8 @@ def start_server(run_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str
     url = line.split("listening on ")[1].split()[0]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
+        if get(f"{url}/ready") is not None:
+            return proc, url
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not get ready in 600 s")
@@ -77,7 +84,7 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host
 
 async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds: float) -> dict:
     """``clients`` workers, one kept-alive connection each, send one text per request until the
-    texts or the time run out. A bare asyncio client: with httpx's, the load generator (sharing
+    texts or the time run out. A bare asyncio client: with httpx's pool, the load generator (sharing
     the server's cores) was what limited throughput at 32 clients (benchmarks/README.md, serving)."""
     host, port = url.removeprefix("http://").split(":")
     latencies, failures, next_text = [], 0, 0
@@ -110,7 +117,7 @@ async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds:
 def batch_sizes(url: str) -> tuple[float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {s.name: s.value for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+    samples = {s.name: s.value for f in text_string_to_metric_families(get(f"{url}/metrics") or "")
                for s in f.samples if s.name.startswith("xelm_batch_texts")}
     return samples.get("xelm_batch_texts_sum", 0.0), samples.get("xelm_batch_texts_count", 0.0)
 

@@ -117,7 +117,10 @@ async def load(url: str, endpoint: str, texts: list[str], clients: int, seconds:
 def batch_sizes(url: str) -> tuple[float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {s.name: s.value for f in text_string_to_metric_families(get(f"{url}/metrics") or "")
+    text = get(f"{url}/metrics")
+    if text is None:
+        raise SystemExit(f"the server did not answer {url}/metrics")
+    samples = {s.name: s.value for f in text_string_to_metric_families(text)
                for s in f.samples if s.name.startswith("xelm_batch_texts")}
     return samples.get("xelm_batch_texts_sum", 0.0), samples.get("xelm_batch_texts_count", 0.0)
 

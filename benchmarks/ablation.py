@@ -44,6 +44,8 @@ ROWS = {  # every row names its method, so a base made under another default rea
     "script-k8-16": {"method": "typology", "k": 8, "by_script": True, "tokens": 65536},
     "tfidf-k8-32": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 131072},
     "tfidf-k8-128": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 524288},  # the study's experts
+    "tfidf-k16-16": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536},  # the demo's total compute
+    "tfidf-k16-32": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 131072},
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")

@@ -30,7 +30,7 @@ from train_throughput import add_shape_args, random_batch  # noqa: E402
 
 from xelm.config import ModelConfig, Stage, TrainConfig  # noqa: E402
 from xelm.model import Encoder  # noqa: E402
-from xelm.train import Trainer, data_mesh, make_optimizer, shard_batch  # noqa: E402
+from xelm.train import Trainer, _train_step, data_mesh, make_optimizer, shard_batch  # noqa: E402
 
 INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) (\S+)\((.*)$")
 
@@ -139,7 +139,8 @@ def main() -> None:
     trainer = Trainer.create(model, make_optimizer(model, tc, stages), data_mesh())
     rng = np.random.default_rng(0)
     batches = [random_batch(rng, cfg, a.batch, a.seq, a.mask_ratio) for _ in range(4)]
-    hlo = trainer._step.lower(trainer.state, shard_batch(batches[0], trainer.mesh)).compile().as_text()
+    hlo = _train_step.lower(trainer.graphdef, trainer.state,
+                           shard_batch(batches[0], trainer.mesh)).compile().as_text()
     info = instructions(hlo)
     for b in batches[:2]:
         jax.block_until_ready(trainer.step(b))

@@ -49,12 +49,13 @@ def test_local_window_limits_what_a_token_sees():
     pos = jnp.arange(20)[None]
     layer = model.layers[1]
     assert layer.window == 4
-    from xelm.model import attention_mask
+    from xelm.model import attention_mask, rotary
     x = model.embed(ids)
     masks = {4: attention_mask(seg, pos, 4)}
-    y = layer(x, masks, pos)
+    rotations = {layer.attn.theta: rotary(pos, cfg.hidden // cfg.heads, layer.attn.theta)}
+    y = layer(x, masks, rotations)
     x2 = x.at[0, 15].set(x[0, 15] + 1.0)  # token 15 is 15 positions away from token 0
-    y2 = layer(x2, masks, pos)
+    y2 = layer(x2, masks, rotations)
     np.testing.assert_allclose(y[0, :13], y2[0, :13], atol=1e-6)  # outside ±2 of 15: unchanged
     assert not np.allclose(y[0, 13:18], y2[0, 13:18], atol=1e-5)  # inside the window: changed
 

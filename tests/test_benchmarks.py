@@ -1,0 +1,26 @@
+"""The train-step benchmarks the README quotes still run against the current code (one broke
+silently when the trainer's compiled step moved): each script's ``main`` at a tiny shape."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+import pytest
+from conftest import ROOT
+
+TINY = ["--vocab", "64", "--hidden", "16", "--layers", "2", "--heads", "2", "--ffn", "32", "--seq", "16",
+        "--batch", "4", "--local-window", "8"]
+
+
+@pytest.mark.parametrize("script, extra, expect", [
+    ("train_profile.py", ["--steps", "2", "--top", "3"], ["GEMM floor", "forward   (all)", "backward  (all)"]),
+    ("train_throughput.py", ["--steps", "1", "--rounds", "1"], ["tokens/s", "utilization of that peak"]),
+])
+def test_train_benchmark_runs(script, extra, expect, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [script, *TINY, *extra])
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+    out = capsys.readouterr().out
+    for text in expect:
+        assert text in out, out

@@ -62,20 +62,81 @@ def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = 
     return lp_ExNxK, w_NxK
 
 
+def packed_rows(lengths: list[int], row_len: int) -> list[list[int]]:
+    """Texts (by index) packed into rows of ``row_len`` tokens, first fit by decreasing length:
+    scoring every token runs each model over a text once per mask set, so padding a text to
+    its power-of-two length bucket (a quarter of the tokens of the UDHR's paragraphs) costs on
+    every pass."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, f in enumerate(free) if f >= lengths[i]), None)
+        if r is None:
+            rows.append([])
+            free.append(row_len)
+            r = len(rows) - 1
+        rows[r].append(i)
+        free[r] -= lengths[i]
+    return rows
+
+
+def packed_batches(seqs, masks, rows: list[list[int]], row_len: int, batch_rows: int, mask_id: int, pad_id: int):
+    """Yield (n, text_BxK, slot_BxK, batch) over ``rows`` of texts (n texts in the batch), each
+    text its own segment with positions from 0 (a model sees the text alone, as unpacked); slot
+    (b, k) holds mask ``slot_BxK[b, k]`` of text ``text_BxK[b, k]`` (-1: a padding slot). One K
+    (the most masks of a row, to a multiple of 8) for all batches: few shapes to compile."""
+    k = max(8, -(-max(sum(len(masks[i]) for i in row) for row in rows) // 8) * 8)
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start:start + batch_rows]
+        b = batch_rows if len(chunk) == batch_rows else bucket(len(chunk))
+        ids, seg, pos = (np.zeros((b, row_len), np.int32) for _ in range(3))
+        ids[:] = pad_id
+        mpos, labels, weights = np.zeros((b, k), np.int32), np.zeros((b, k), np.int32), np.zeros((b, k), np.float32)
+        text, slot = np.full((b, k), -1), np.zeros((b, k), np.int64)
+        for r, members in enumerate(chunk):
+            at = j = 0
+            for segment, i in enumerate(members, 1):
+                seq, m = seqs[i], masks[i]
+                ids[r, at:at + len(seq)], seg[r, at:at + len(seq)] = seq, segment
+                pos[r, at:at + len(seq)] = np.arange(len(seq))
+                mpos[r, j:j + len(m)], labels[r, j:j + len(m)], weights[r, j:j + len(m)] = at + m, seq[m], 1.0
+                ids[r, at + m] = mask_id
+                text[r, j:j + len(m)], slot[r, j:j + len(m)] = i, np.arange(len(m))
+                at, j = at + len(seq), j + len(m)
+        yield sum(map(len, chunk)), text, slot, MLMBatch(ids, seg, pos, mpos, labels, weights)
+
+
 def every_token_table(graphdef, states_E, tokenizer, texts: list[str], ratio: float, seed: int = 0,
                       max_len: int = MAX_LEN, batch_tokens: int = BATCH_TOKENS, progress: bool = False,
                       desc: str = "scoring"):
     """Each expert's log-probability of *every* non-special token of each text, one pass per
     disjoint mask set (:func:`routing.masking.mask_sets`): ([E, N, K], [N, K] 1 on real tokens,
-    [K] the mask set of each column). Every model given gets the same sets. ``progress``: a bar
+    [K] the mask set of each column). Every model given gets the same sets. Texts are packed
+    into rows (:func:`packed_rows`) of the longest one's length bucket. ``progress``: a bar
     counting texts over all passes."""
     seqs = encode(tokenizer, texts, max_len)
     special = np.array(tokenizer.all_special_ids)
     sets = [mask_sets(s, special, ratio, seed) for s in seqs]
+    row_len = bucket(max(len(s) for s in seqs), MIN_LEN, max_len)
+    rows = packed_rows([len(s) for s in seqs], row_len)
+    batch_rows = max(1, batch_tokens // row_len)
+    tables = []
     with tqdm(total=len(sets[0]) * len(seqs), desc=desc, unit="text", disable=not progress, dynamic_ncols=True,
               leave=False) as bar:
-        tables = [label_table(graphdef, states_E, seqs, [ms[j] for ms in sets], tokenizer, batch_tokens, max_len,
-                              bar) for j in range(len(sets[0]))]
+        for j in range(len(sets[0])):
+            masks = [ms[j] for ms in sets]
+            k_max = max([len(m) for m in masks] + [1])
+            lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
+            for n_texts, text, slot, b in packed_batches(seqs, masks, rows, row_len, batch_rows,
+                                                         tokenizer.mask_token_id, tokenizer.pad_token_id):
+                lp_ExBxK = np.asarray(label_logprobs(graphdef, sequential(b), states_E, b))
+                if lp_ExNxK is None:
+                    lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
+                real = text >= 0
+                lp_ExNxK[:, text[real], slot[real]] = lp_ExBxK[:, real]
+                w_NxK[text[real], slot[real]] = 1.0
+                bar.update(n_texts)
+            tables.append((lp_ExNxK, w_NxK))
     set_K = np.concatenate([np.full(t[1].shape[1], j) for j, t in enumerate(tables)])
     return (np.concatenate([t[0] for t in tables], axis=2), np.concatenate([t[1] for t in tables], axis=1),
             set_K)

@@ -13,13 +13,14 @@ from experts.plan_integrity import plan_languages
 from experts.registry import run_registry
 from experts.training import budget_config, train_all, train_baseline
 from routing import XELM
-from routing.masking import mask_sets
+from routing.masking import encode, mask_sets
 from routing.posterior import held_out_loglik
-from routing.scoring import every_token_table
+from routing.scoring import MAX_LEN, every_token_table, label_table, packed_rows
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.cli import main
 from xelm.app.evaluate import SCORE_MASK_RATIO, _compute, evaluate
 from xelm.app.report import headline_sentence
+from xelm.batches import MIN_LEN, bucket
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -39,6 +40,27 @@ def test_mask_sets_cover_every_token_once():
     assert max(len(s) for s in sets) - min(len(s) for s in sets) <= 1
     assert all((np.diff(s) > 0).all() for s in sets)
     assert [s.tolist() for s in mask_sets(ids, special, 0.2, seed=3)] == [s.tolist() for s in sets]
+
+
+def test_packed_scoring_equals_each_text_scored_alone(tiny_expert_run):
+    """Scoring packs texts into shared rows (no padding to pay on every pass); each text is its
+    own segment there, so every token's log-probability is the one it gets in a row of its own."""
+    xelm = XELM.from_run(tiny_expert_run)
+    graphdef, states = xelm.pool.stacked(tuple(xelm.names))
+    texts = TEXTS + [TEXTS[0] + " " + TEXTS[1], "Bildung."]
+    lp_ExNxK, w_NxK, set_K = every_token_table(graphdef, states, xelm.tokenizer, texts, SCORE_MASK_RATIO)
+    seqs = encode(xelm.tokenizer, texts, MAX_LEN)
+    row_len = bucket(max(map(len, seqs)), MIN_LEN, MAX_LEN)  # every_token_table's rows
+    rows = packed_rows([len(s) for s in seqs], row_len)
+    assert len(rows) < len(texts) and sorted(i for r in rows for i in r) == list(range(len(texts)))
+    assert all(sum(len(seqs[i]) for i in r) <= row_len for r in rows)
+    sets = [mask_sets(s, np.array(xelm.tokenizer.all_special_ids), SCORE_MASK_RATIO) for s in seqs]
+    for j in range(len(sets[0])):
+        alone_ExNxK, alone_NxK = label_table(graphdef, states, seqs, [ms[j] for ms in sets], xelm.tokenizer,
+                                             batch_tokens=1)  # a row of its own for each text
+        np.testing.assert_array_equal(w_NxK[:, set_K == j], alone_NxK)
+        real = alone_NxK > 0  # (padding slots: the unpacked table keeps whatever the model gave there)
+        np.testing.assert_allclose(lp_ExNxK[:, :, set_K == j][:, real], alone_ExNxK[:, real], atol=2e-5)
 
 
 def test_posterior_router_is_blind_to_the_tokens_it_is_scored_on(tiny_expert_run):

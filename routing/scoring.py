@@ -22,14 +22,11 @@ def prepare(tokenizer, texts: list[str], max_len: int = MAX_LEN, seed: int = 0, 
     return seqs, [choose_masks(s, special, ratio, seed) for s in seqs]
 
 
-def _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len, bar=None):
-    """Yield (rows, batch, [E, B, K] log p_e(true token)) over the texts, shortest first;
-    ``bar``: a progress bar advanced by the texts done."""
+def _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
+    """Yield (rows, batch, [E, B, K] log p_e(true token)) over the texts, shortest first."""
     for rows, b in length_bucketed(seqs, masks, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id,
                                    batch_tokens=batch_tokens, max_len=max_len):
         yield rows, b, np.asarray(label_logprobs(graphdef, sequential(b), states_E, b))
-        if bar is not None:
-            bar.update(len(rows))
 
 
 def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
@@ -47,13 +44,12 @@ def mixture_nll(graphdef, states_E, w_NxE: np.ndarray, seqs, masks, tokenizer, b
 
 
 def label_table(graphdef, states_E, seqs, masks, tokenizer, batch_tokens: int = BATCH_TOKENS,
-                max_len: int = MAX_LEN, bar=None) -> tuple[np.ndarray, np.ndarray]:
+                max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
     """([E, N, K] each expert's log-probability of each text's masked tokens, [N, K] 1 on real
     masks); K is the most masks any text has."""
     k_max = max([len(m) for m in masks] + [1])
     lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
-    for rows, b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len,
-                                             bar):
+    for rows, b, lp_ExBxK in _label_logprobs(graphdef, states_E, seqs, masks, tokenizer, batch_tokens, max_len):
         if lp_ExNxK is None:
             lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
         n, k = len(rows), min(lp_ExBxK.shape[2], k_max)
@@ -106,6 +102,23 @@ def packed_batches(seqs, masks, rows: list[list[int]], row_len: int, batch_rows:
         yield sum(map(len, chunk)), text, slot, MLMBatch(ids, seg, pos, mpos, labels, weights)
 
 
+def _packed_table(graphdef, states_E, seqs, masks, rows, row_len: int, batch_rows: int, tokenizer, bar):
+    """:func:`label_table` (real slots only) over texts packed into ``rows``; ``bar`` advances
+    by the texts done."""
+    k_max = max([len(m) for m in masks] + [1])
+    lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
+    for n_texts, text, slot, b in packed_batches(seqs, masks, rows, row_len, batch_rows, tokenizer.mask_token_id,
+                                                 tokenizer.pad_token_id):
+        lp_ExBxK = np.asarray(label_logprobs(graphdef, sequential(b), states_E, b))
+        if lp_ExNxK is None:
+            lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
+        real = text >= 0
+        lp_ExNxK[:, text[real], slot[real]] = lp_ExBxK[:, real]
+        w_NxK[text[real], slot[real]] = 1.0
+        bar.update(n_texts)
+    return lp_ExNxK, w_NxK
+
+
 def every_token_table(graphdef, states_E, tokenizer, texts: list[str], ratio: float, seed: int = 0,
                       max_len: int = MAX_LEN, batch_tokens: int = BATCH_TOKENS, progress: bool = False,
                       desc: str = "scoring"):
@@ -119,24 +132,10 @@ def every_token_table(graphdef, states_E, tokenizer, texts: list[str], ratio: fl
     sets = [mask_sets(s, special, ratio, seed) for s in seqs]
     row_len = bucket(max(len(s) for s in seqs), MIN_LEN, max_len)
     rows = packed_rows([len(s) for s in seqs], row_len)
-    batch_rows = max(1, batch_tokens // row_len)
-    tables = []
     with tqdm(total=len(sets[0]) * len(seqs), desc=desc, unit="text", disable=not progress, dynamic_ncols=True,
               leave=False) as bar:
-        for j in range(len(sets[0])):
-            masks = [ms[j] for ms in sets]
-            k_max = max([len(m) for m in masks] + [1])
-            lp_ExNxK, w_NxK = None, np.zeros((len(seqs), k_max), np.float32)
-            for n_texts, text, slot, b in packed_batches(seqs, masks, rows, row_len, batch_rows,
-                                                         tokenizer.mask_token_id, tokenizer.pad_token_id):
-                lp_ExBxK = np.asarray(label_logprobs(graphdef, sequential(b), states_E, b))
-                if lp_ExNxK is None:
-                    lp_ExNxK = np.zeros((lp_ExBxK.shape[0], len(seqs), k_max), np.float32)
-                real = text >= 0
-                lp_ExNxK[:, text[real], slot[real]] = lp_ExBxK[:, real]
-                w_NxK[text[real], slot[real]] = 1.0
-                bar.update(n_texts)
-            tables.append((lp_ExNxK, w_NxK))
+        tables = [_packed_table(graphdef, states_E, seqs, [ms[j] for ms in sets], rows, row_len,
+                                max(1, batch_tokens // row_len), tokenizer, bar) for j in range(len(sets[0]))]
     set_K = np.concatenate([np.full(t[1].shape[1], j) for j, t in enumerate(tables)])
     return (np.concatenate([t[0] for t in tables], axis=2), np.concatenate([t[1] for t in tables], axis=1),
             set_K)

@@ -41,8 +41,8 @@ def _activation(name: str):
 
 def rotary(positions_BxS, head_dim: int, theta: float):
     """(cos, sin) [B, S, 1, H] of the rotary embedding (rotate-half convention, as HF ModernBERT /
-    GPT-NeoX): computed once per forward pass and theta, not per layer and head (computed inside
-    each layer's fused elementwise pass, the cos and sin cost 10x the rotation itself on a CPU)."""
+    GPT-NeoX), computed once per forward pass and theta: left inside each layer's fused pass,
+    XLA:CPU recomputed them per element of q and k, at 10x the cost of the rotation itself."""
     inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles_BxSxF = positions_BxS[..., None].astype(jnp.float32) * inv_freq_F
     angles_BxSx1xH = jnp.concatenate([angles_BxSxF] * 2, -1)[:, :, None, :]

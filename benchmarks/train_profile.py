@@ -1,4 +1,5 @@
-"""Where the train step's time goes: a per-op profile of the compiled step (XLA:CPU thunks).
+"""Where the train step's time goes: a per-op profile of the compiled step (XLA:CPU thunks, or
+the kernels of XLA:GPU's "XLA Ops" line).
 
 Traces a few steps with ``jax.profiler``, reads the trace back (``jax.profiler.ProfileData``),
 and sums each HLO instruction's wall time (threads of a split op merged), grouped by phase
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import add_shape_args, random_batch  # noqa: E402
 
 from xelm.config import ModelConfig, Stage, TrainConfig  # noqa: E402
-from xelm.model import Encoder  # noqa: E402
+from xelm.model import Encoder, compute_dtype  # noqa: E402
 from xelm.train import Trainer, _train_step, data_mesh, make_optimizer, shard_batch  # noqa: E402
 
 INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) (\S+)\((.*)$")
@@ -53,7 +54,10 @@ def phase(op_name: str) -> str:
 
 
 def op_class(name: str, opcode: str, op_name: str) -> str:
-    if name.startswith("ynn_fusion") or opcode in ("dot", "custom-call"):
+    if "dot_product_attention" in op_name or re.search("cudnn|fmha|flash", name):
+        return "attention (fused kernel)"
+    if (name.startswith(("ynn_fusion", "gemm_fusion", "cublas")) or opcode in ("dot", "custom-call")
+            or re.search("gemm|nvjet|xmma|cutlass", name)):
         return "attention matmuls" if re.search(r"b[nqk]{1,3}[nh]?,b", op_name) else "GEMMs (dense, head)"
     if "gather" in name or "scatter" in name or "gather" in op_name or "scatter" in op_name:
         return "gather / scatter (masked positions)"
@@ -79,15 +83,23 @@ def op_times(trace_dir: str, steps: int) -> dict[str, float]:
     from jax.profiler import ProfileData
     path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
     spans = collections.defaultdict(list)
-    for plane in ProfileData.from_file(path).planes:
-        if plane.name != "/host:CPU":
+    planes = list(ProfileData.from_file(path).planes)
+    gpu = jax.default_backend() == "gpu"
+    for plane in planes:
+        if plane.name != ("/device:GPU:0" if gpu else "/host:CPU"):
             continue
         for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):
-                continue
-            for ev in line.events:
-                if "ThunkExecutor" not in ev.name and "Slinky" not in ev.name:
-                    spans[ev.name].append((ev.start_ns, ev.start_ns + ev.duration_ns))
+            if gpu and line.name.startswith("Stream") and "Compute" in line.name:
+                for ev in line.events:  # a kernel; its HLO instruction is the hlo_op stat
+                    op = dict(ev.stats).get("hlo_op") or ev.name
+                    spans[str(op)].append((ev.start_ns, ev.start_ns + ev.duration_ns))
+            elif not gpu and line.name.startswith("tf_XLAEigen"):
+                for ev in line.events:
+                    if "ThunkExecutor" not in ev.name and "Slinky" not in ev.name:
+                        spans[ev.name].append((ev.start_ns, ev.start_ns + ev.duration_ns))
+    if not spans:
+        lines = {p.name: sorted({ln.name for ln in p.lines})[:12] for p in planes}
+        raise SystemExit(f"no op events in the trace; its planes and lines: {lines}")
     out = {}
     for name, iv in spans.items():
         iv.sort()
@@ -101,9 +113,9 @@ def op_times(trace_dir: str, steps: int) -> dict[str, float]:
     return out
 
 
-def gemm_speed(m: int, k: int, n: int, reps: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (m, k))
-    b = jax.random.normal(jax.random.key(1), (k, n))
+def gemm_speed(m: int, k: int, n: int, dtype, reps: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (m, k), dtype)
+    b = jax.random.normal(jax.random.key(1), (k, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
     f(a, b).block_until_ready()
     best = float("inf")
@@ -114,14 +126,14 @@ def gemm_speed(m: int, k: int, n: int, reps: int = 5) -> float:
     return 2 * m * k * n / best
 
 
-def gemm_floor(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float) -> float:
+def gemm_floor(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, dtype) -> float:
     """Seconds the step's dense and head matmuls need at their shapes' isolated jit speed
     (forward, and the two backward GEMMs of each: 3x the forward FLOPs)."""
     t, d, f = batch * seq, cfg.hidden, cfg.ffn
     k = batch * max(1, round(mask_ratio * seq))
     shapes = [(t, d, 3 * d), (t, d, d), (t, d, 2 * f if cfg.gated_mlp else f), (t, f, d)] * cfg.layers
     shapes += [(k, d, d), (k, d, cfg.vocab_size)]
-    speed = {s: gemm_speed(*s) for s in set(shapes)}
+    speed = {s: gemm_speed(*s, dtype) for s in set(shapes)}
     return sum(3 * 2 * m * kk * n / speed[(m, kk, n)] for m, kk, n in shapes)
 
 
@@ -130,9 +142,10 @@ def main() -> None:
     add_shape_args(ap)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=0, help="also list the N costliest instructions")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     a = ap.parse_args()
     cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window)
+                      max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     tc = TrainConfig(steps=10_000, warmup_steps=10)
     stages = (Stage("all", 1.0, "all", a.mask_ratio, 0.5),)
@@ -161,7 +174,7 @@ def main() -> None:
         table[key] += sec
         rows.append((sec, name, key, shape.split("{")[0], op_name.removeprefix("jit(_train_step)/")))
     ops = sum(times.values())
-    floor = gemm_floor(cfg, a.batch, a.seq, a.mask_ratio)
+    floor = gemm_floor(cfg, a.batch, a.seq, a.mask_ratio, compute_dtype(cfg))
     print(f"step {step_s * 1e3:.1f} ms (traced; ops {ops * 1e3:.1f} ms, the rest is gaps and dispatch); "
           f"GEMM floor {floor * 1e3:.1f} ms; {jax.device_count()} {jax.default_backend()} device(s)")
     print(f"{'phase':10}{'op class':38}{'ms/step':>9}{'share':>8}")

@@ -4,7 +4,8 @@
 #   1. versions and the card;
 #   2. cuDNN's fused attention: taken (the compiled HLO calls it) and equal to the f32 einsums;
 #   3. the model's loss in bf16 against f32 on one batch;
-#   4. the base-sized step taken apart (benchmarks/step_breakdown.py);
+#   4. the large-sized step's kernels profiled (benchmarks/train_profile.py; every kernel's time
+#      in $OUT/rows-large.tsv);
 #   5. train-step throughput and MFU in bf16 against HF ModernBERT (PyTorch, bf16 autocast) at
 #      the reference shape, a ModernBERT-base-sized shape (also with XLA's attention instead of
 #      cuDNN's: an A/B) and a ModernBERT-large-sized one.
@@ -68,9 +69,10 @@ run() {  # name, then train_throughput.py's shape flags
   python3 benchmarks/train_throughput.py --dtype bfloat16 --compare-torch --peak-tflops "$PEAK" \
     --steps 10 --rounds 5 "$@" | tee "$OUT/$name.txt"
 }
-echo; echo "== the base-sized step taken apart"
-python3 benchmarks/step_breakdown.py --vocab 32768 --hidden 768 --layers 22 --heads 12 --ffn 1152 --seq 512 \
-  --batch 64 --local-window 512 --dtype bfloat16 | tee "$OUT/breakdown.txt"
+echo; echo "== the large-sized step's kernels (command buffers off, so the trace sees each kernel)"
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" python3 benchmarks/train_profile.py --vocab 32768 \
+  --hidden 1024 --layers 28 --heads 16 --ffn 2624 --seq 512 --batch 64 --local-window 512 --dtype bfloat16 \
+  --steps 3 --rows-out "$OUT/rows-large.tsv" | tee "$OUT/profile-large.txt"
 run reference
 run base --vocab 32768 --hidden 768 --layers 22 --heads 12 --ffn 1152 --seq 512 --batch 64 --local-window 512
 XELM_ATTENTION=xla run base-xla-attention --vocab 32768 --hidden 768 --layers 22 --heads 12 --ffn 1152 --seq 512 --batch 64 --local-window 512

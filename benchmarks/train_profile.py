@@ -73,8 +73,10 @@ def op_class(name: str, opcode: str, op_name: str) -> str:
         return "activation (GELU)"
     if "select" in name or "select_n" in op_name or "compare" in name:
         return "attention mask"
-    if "concatenate" in op_name or "pad" in op_name or "cos" in name or "sin" in name:
+    if "cos" in name or "sin" in name:
         return "rope"
+    if "concatenate" in op_name or "pad" in op_name:
+        return "concatenates (GeGLU split, rope halves)"
     return "elementwise / reductions"
 
 
@@ -143,6 +145,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=0, help="also list the N costliest instructions")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--rows-out", type=Path, help="write every instruction's time to this TSV file")
     a = ap.parse_args()
     cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
                       max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
@@ -185,6 +188,10 @@ def main() -> None:
         print(f"{ph:10}{'(all)':38}{sec * 1e3:>9.1f}{sec / ops:>8.1%}")
     for sec, name, (ph, cls), shape, op_name in sorted(rows, reverse=True)[:a.top]:
         print(f"  {sec * 1e3:7.1f} ms  {name:30} {ph:9} {cls[:24]:24} {shape:24} {op_name[:50]}")
+    if a.rows_out:
+        a.rows_out.write_text("ms_per_step\tinstruction\tphase\tclass\tshape\top_name\n" + "".join(
+            f"{sec * 1e3:.4f}\t{name}\t{ph}\t{cls}\t{shape}\t{op_name}\n"
+            for sec, name, (ph, cls), shape, op_name in sorted(rows, reverse=True)))
 
 
 if __name__ == "__main__":

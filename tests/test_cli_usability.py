@@ -5,6 +5,7 @@ concept, languages and families as users name them, notes instead of silent choi
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -51,6 +52,18 @@ def test_help_is_fast_and_imports_no_heavy_library():
         assert elapsed < 3.0, (argv, elapsed)  # about 0.3 s on 2 cores; generous for a loaded CI machine
     assert "score" in xelm("--help").stdout and "--experts" in xelm("route", "--help").stdout
 
+
+
+@pytest.mark.parametrize("given, expected", [
+    (None, "--xla_gpu_enable_triton_gemm=false"),
+    ("--xla_force_host_platform_device_count=2", "--xla_force_host_platform_device_count=2 --xla_gpu_enable_triton_gemm=false"),
+    ("--xla_gpu_enable_triton_gemm=true", "--xla_gpu_enable_triton_gemm=true"),  # the user's choice wins
+])
+def test_import_prefers_cublas_gemms_unless_the_user_chose(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | ({"XLA_FLAGS": given} if given else {})
+    out = subprocess.run([sys.executable, "-c", "import os, xelm; print(os.environ['XLA_FLAGS'])"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    assert out.stdout.strip() == expected
 
 # --------------------------------------------------------------------------- texts in
 def test_texts_from_flags_files_and_stdin(tmp_path):

@@ -1,5 +1,5 @@
-"""Where the train step's time goes: a per-op profile of the compiled step (XLA:CPU thunks, or
-the kernels of XLA:GPU's "XLA Ops" line).
+"""Where the train step's time goes: a per-op profile of the compiled step (XLA:CPU thunks, or on
+a GPU the kernels of the compute stream, each named by its HLO instruction).
 
 Traces a few steps with ``jax.profiler``, reads the trace back (``jax.profiler.ProfileData``),
 and sums each HLO instruction's wall time (threads of a split op merged), grouped by phase
@@ -116,15 +116,20 @@ def op_times(trace_dir: str, steps: int) -> dict[str, float]:
 
 
 def gemm_speed(m: int, k: int, n: int, dtype, reps: int = 5) -> float:
+    """FLOP/s of ``a @ b`` alone: the best of ``reps`` timings of a burst of calls (on a GPU one
+    call is shorter than its dispatch, so a single call would time Python, not the GEMM)."""
     a = jax.random.normal(jax.random.key(0), (m, k), dtype)
     b = jax.random.normal(jax.random.key(1), (k, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
     f(a, b).block_until_ready()
+    calls = 1 if jax.default_backend() == "cpu" else 20
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
+        for _ in range(calls):
+            out = f(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / calls)
     return 2 * m * k * n / best
 
 

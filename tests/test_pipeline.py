@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG
 
 from xelm.app.demo import run_demo
 from xelm.app.evaluate import evaluate, evaluate_headline
@@ -14,7 +14,7 @@ from xelm.config import load_config
 from xelm.errors import XelmError
 
 
-def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path):
+def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(tiny_expert_run, run)  # tokenizer, base, plan and experts done: the demo resumes
     summary = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)
@@ -73,6 +73,14 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert soft["summary"]["improved_fraction"] == imp["xelm:tfidf@all"]
     assert soft["summary"]["second_line"]["significant_wins"] == v["summary"]["significant_wins"]
     assert "chosen on the validation split" in (run / "report-validation" / "report.md").read_text()
+    # The temperature sweep scores the soft mixture as the evaluation does: at its T = 0.1, the same figures.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from temperature_sweep import sweep
+    swept = sweep(run, "validation", (0.1, 1e6), progress=False)
+    for key in ("languages", "improved_fraction", "significant_wins", "significant_losses"):
+        assert swept[0.1][key] == soft["summary"][key], key
+    assert abs(swept[0.1]["mean_delta_loss"] - soft["summary"]["mean_delta_loss"]) < 1e-5
+    assert swept[1e6]["mean_delta_loss"] != swept[0.1]["mean_delta_loss"]  # a near-uniform mixture differs
     config.write_text(config.read_text().replace("ensemble: tfidf@all", "ensemble: tfidf@1"))
     with pytest.raises(XelmError, match="experts.ensemble 'magic' is not one of"):
         load_config(TINY_CONFIG, ["experts.ensemble=magic"])

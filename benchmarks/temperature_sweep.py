@@ -14,17 +14,17 @@ import argparse
 import numpy as np
 
 from routing import XELM
-from routing.posterior import PosteriorRouter, held_out_loglik
-from routing.routes import Routing, softmax_rows
 from routing.scoring import every_token_table
 from xelm.app.bootstrap import summarize
 from xelm.app.evaluate import (
     PARAGRAPH_MAX_LEN,
     SCORE_MASK_RATIO,
+    _blind_posterior,
     _held_out,
     _intervals,
     _nll,
     _per_language,
+    _routed_nll,
     _rows_of,
     _tokens_by_lang,
 )
@@ -47,23 +47,13 @@ def sweep(run_dir, split: str = "validation", temperatures=GRID, progress: bool 
     count = w_NxK.sum(1)
     nll_dense = _nll(lp_ExNxK[[0]], w_NxK, set_K, np.ones((len(texts), 1)))
     lp_ExNxK = lp_ExNxK[1:]
-    ll_JxNxE = held_out_loglik(lp_ExNxK, w_NxK, set_K)
-    row_of = {t: i for i, t in enumerate(texts)}
-    xelm.use_router("posterior", PosteriorRouter(cluster, lambda ts: ll_JxNxE[0][[row_of[t] for t in ts]]))
-    blind = [Routing(cluster, softmax_rows(ll_NxE), "posterior").top_k(None).weights for ll_NxE in ll_JxNxE]
+    _, posterior = _blind_posterior(xelm, cluster, texts, lp_ExNxK, w_NxK, set_K)
     seen = sorted(lang for lang in _per_language(langs, nll_dense, count) if lang in own)
     rows_of, tokens = _rows_of(langs), _tokens_by_lang(langs, count)
     out = {}
     for t in temperatures:
         xelm.router("tfidf").temperature = t
-        routing = xelm.route(texts, router="tfidf", top_k=None)
-        fallback = [i for i, note in enumerate(routing.notes) if "fallback" in note]
-        per_set = []
-        for b in blind:
-            w = routing.weights.copy()
-            w[fallback] = b[fallback]
-            per_set.append(w)
-        nll = _nll(lp_ExNxK, w_NxK, set_K, per_set)
+        _, nll = _routed_nll(xelm, texts, "tfidf", None, None, posterior, lp_ExNxK, w_NxK, set_K)
         out[t] = summarize(_intervals(seen, rows_of, nll, nll_dense, count), tokens)
     return out
 

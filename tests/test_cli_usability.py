@@ -53,7 +53,6 @@ def test_help_is_fast_and_imports_no_heavy_library():
     assert "score" in xelm("--help").stdout and "--experts" in xelm("route", "--help").stdout
 
 
-
 @pytest.mark.parametrize("given, expected", [
     (None, "--xla_gpu_enable_triton_gemm=false"),
     ("--xla_force_host_platform_device_count=2", "--xla_force_host_platform_device_count=2 --xla_gpu_enable_triton_gemm=false"),
@@ -64,6 +63,7 @@ def test_import_prefers_cublas_gemms_unless_the_user_chose(given, expected):
     out = subprocess.run([sys.executable, "-c", "import os, xelm; print(os.environ['XLA_FLAGS'])"],
                          capture_output=True, text=True, cwd=ROOT, env=env, check=True)
     assert out.stdout.strip() == expected
+
 
 # --------------------------------------------------------------------------- texts in
 def test_texts_from_flags_files_and_stdin(tmp_path):

@@ -67,6 +67,30 @@ def _nll(lp_ExNxK, w_NxK, set_K, weights) -> np.ndarray:
     return total
 
 
+def _blind_posterior(xelm, cluster: list[str], texts: list[str], lp_ExNxK, w_NxK, set_K):
+    """No peeking: the tokens of mask set j are routed on the other sets' likelihoods only, both by
+    the posterior router and by the scripts fallback of the TF-IDF router (installed in ``xelm``).
+    Returns those likelihoods [J, N, E] and the posterior routing of each mask set."""
+    ll_JxNxE = held_out_loglik(lp_ExNxK, w_NxK, set_K)
+    row_of = {t: i for i, t in enumerate(texts)}  # equal texts have equal masks, so equal evidence
+    xelm.use_router("posterior", PosteriorRouter(cluster, lambda ts: ll_JxNxE[0][[row_of[t] for t in ts]]))
+    return ll_JxNxE, [Routing(cluster, softmax_rows(ll_NxE), "posterior") for ll_NxE in ll_JxNxE]
+
+
+def _routed_nll(xelm, texts: list[str], router: str, k: int | None, lang, posterior: list[Routing],
+                lp_ExNxK, w_NxK, set_K) -> tuple[Routing, np.ndarray]:
+    """``router``'s routing and the per-text NLL of its top-``k`` mixture; texts it sends to the
+    scripts fallback are weighted, per mask set, by that set's blind posterior."""
+    routing = xelm.route(texts, router=router, top_k=k, lang=lang)
+    fallback = [i for i, note in enumerate(routing.notes) if "fallback" in note]
+    per_set = []
+    for p in posterior:
+        w = routing.weights.copy()
+        w[fallback] = p.top_k(k).weights[fallback]
+        per_set.append(w)
+    return routing, _nll(lp_ExNxK, w_NxK, set_K, per_set)
+
+
 def _improved(losses: dict[str, float], dense: dict[str, float], seen: list[str]) -> float:
     """Share of the languages where the ensemble's loss is below the dense model's (point estimates)."""
     return float(np.mean([losses[lang] < dense[lang] for lang in seen])) if seen else float("nan")
@@ -162,12 +186,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     nll = {"base": _nll(lp_ExNxK[[0]], w_NxK, set_K, one), "dense": _nll(lp_ExNxK[[1]], w_NxK, set_K, one)}
     lp_ExNxK = lp_ExNxK[2:]
 
-    # No peeking: the tokens of mask set j are routed on the other sets' likelihoods only, both by
-    # the posterior router and by the scripts fallback of the TF-IDF router.
-    ll_JxNxE = held_out_loglik(lp_ExNxK, w_NxK, set_K)
-    row_of = {t: i for i, t in enumerate(texts)}  # equal texts have equal masks, so equal evidence
-    posterior = [Routing(cluster, softmax_rows(ll_NxE), "posterior") for ll_NxE in ll_JxNxE]
-    xelm.use_router("posterior", PosteriorRouter(cluster, lambda ts: ll_JxNxE[0][[row_of[t] for t in ts]]))
+    ll_JxNxE, posterior = _blind_posterior(xelm, cluster, texts, lp_ExNxK, w_NxK, set_K)
     routings = {}
     for r, k in [(r, k) for r in routers for k in top_ks] + [SOFT]:
         if r == "posterior":
@@ -175,15 +194,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
             routings[r, k] = per_set[0]
             nll[_name(r, k)] = _nll(lp_ExNxK, w_NxK, set_K, [p.weights for p in per_set])
             continue
-        routing = xelm.route(texts, router=r, top_k=k, lang=langs if r == "language" else None)
-        routings[r, k] = routing
-        fallback = [i for i, note in enumerate(routing.notes) if "fallback" in note]
-        per_set = []
-        for p in posterior:
-            w = routing.weights.copy()
-            w[fallback] = p.top_k(k).weights[fallback]
-            per_set.append(w)
-        nll[_name(r, k)] = _nll(lp_ExNxK, w_NxK, set_K, per_set)
+        routings[r, k], nll[_name(r, k)] = _routed_nll(xelm, texts, r, k, langs if r == "language" else None,
+                                                       posterior, lp_ExNxK, w_NxK, set_K)
     # Each language's own expert alone (HMR languages: their HMR expert).
     own_w = np.array([[float(own.get(lang) == name) for name in cluster] for lang in langs])
     no_own = ~own_w.any(1)

@@ -54,8 +54,7 @@ def mixture_logprobs(logp_ExBx_, logw_BxE):
 def label_logprobs(graphdef, one_by_one: bool, states_E, batch: MLMBatch):
     """[E, B, K] each expert's log-probability of the true token at each masked position."""
     def one(state):
-        logp_BxKxV = jax.nn.log_softmax(nnx.merge(graphdef, state).masked_logits(batch), axis=-1)
-        return jnp.take_along_axis(logp_BxKxV, batch.mask_labels_BxK[..., None], axis=-1)[..., 0]
+        return nnx.merge(graphdef, state).masked_label_logprobs(batch)
     return over_experts(one, states_E, one_by_one)
 
 

@@ -79,6 +79,22 @@ def test_masked_only_loss_equals_full_loss_restricted_to_masks(arch):
     np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_label_logprobs_over_vocab_chunks_equal_log_softmax(arch):
+    from xelm.model import vocab_chunks
+    model = make(arch, vocab_size=2048)  # on CPU: 4 chunks of 512
+    assert vocab_chunks(2048) == 4 and vocab_chunks(97) == 1
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 2048, (2, 16)).astype(np.int32)
+    labels = np.array([[5, 511, 512], [1023, 1536, 2047]], np.int32)  # first and last of chunks
+    batch = MLMBatch(*(jnp.asarray(a) for a in (ids, np.ones_like(ids), np.tile(np.arange(16, dtype=np.int32), (2, 1)),
+                                               np.array([[1, 4, 9], [0, 7, 15]], np.int32), labels,
+                                               np.ones((2, 3), np.float32))))
+    logp = jax.nn.log_softmax(model.masked_logits(batch), -1)
+    want = np.take_along_axis(np.asarray(logp), labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(jax.jit(lambda m, b: m.masked_label_logprobs(b))(model, batch), want, atol=2e-6)
+
+
 def test_jit_and_eager_agree():
     model = make("modernbert", local_window=8)
     ids, seg, pos = (jnp.asarray(a) for a in packed_row())

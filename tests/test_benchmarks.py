@@ -1,4 +1,4 @@
-"""The train-step benchmarks the README quotes still run against the current code (one broke
+"""The train-step and scoring benchmarks the README quotes still run against the current code (one broke
 silently when the trainer's compiled step moved): each script's ``main`` at a tiny shape."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ TINY = ["--vocab", "64", "--hidden", "16", "--layers", "2", "--heads", "2", "--f
 @pytest.mark.parametrize("script, extra, expect", [
     ("train_profile.py", ["--steps", "2", "--top", "3"], ["GEMM floor", "forward   (all)", "backward  (all)"]),
     ("train_throughput.py", ["--steps", "1", "--rounds", "1"], ["tokens/s", "utilization of that peak"]),
+    ("scoring_profile.py", ["--calls", "1", "--top", "2", "--experts", "2"], ["model-tokens/s", "op class"]),
 ])
 def test_train_benchmark_runs(script, extra, expect, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [script, *TINY, *extra])

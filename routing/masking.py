@@ -12,6 +12,7 @@ Batching (rows sorted by length, padded to power-of-two buckets) is
 from __future__ import annotations
 
 import math
+import re
 import zlib
 
 import numpy as np
@@ -41,6 +42,48 @@ def encode(tokenizer, texts: list[str], max_len: int) -> list[np.ndarray]:
     """Token ids with [CLS] ... [SEP], truncated to ``max_len``."""
     ids = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
     return [np.asarray(seq, dtype=np.int32) for seq in ids]
+
+
+def passages(tokenizer, texts: list[str], max_len: int) -> tuple[list[str], list[int]]:
+    """Each text cut, between words where it has them, into passages that encode to at most
+    ``max_len`` tokens with [CLS] and [SEP]: scoring truncates at ``max_len``, and a long
+    paragraph would otherwise go partly unscored. Returns the passages and, for each, the index
+    of the text it came from (texts that fit are kept whole). Words are counted alone (the
+    tokenizer's offsets are no help: a byte-fallback token spans its whole text)."""
+    budget = max_len - 2
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
+    out, source = [], []
+    for i, (text, n) in enumerate(zip(texts, lengths)):
+        if n <= budget:
+            out.append(text)
+            source.append(i)
+            continue
+        words = re.findall(r"\S+\s*", text)
+        sizes = [len(ids) for ids in tokenizer(words, add_special_tokens=False, truncation=False)["input_ids"]]
+        units = [u for w, size in zip(words, sizes) for u in ([w] if size <= budget // 2 else list(w))]
+        sizes = [len(ids) for ids in tokenizer(units, add_special_tokens=False, truncation=False)["input_ids"]]
+        piece, used = "", 0
+        for unit, size in zip(units, sizes):
+            if used + size > budget and piece.strip():
+                out.append(piece.strip())
+                source.append(i)
+                piece, used = "", 0
+            piece, used = piece + unit, used + size
+        if piece.strip():
+            out.append(piece.strip())
+            source.append(i)
+    lengths = [len(ids) for ids in tokenizer(out, add_special_tokens=True, truncation=False)["input_ids"]]
+    long = {j for j, n in enumerate(lengths) if n > max_len}
+    if long and max_len > 8:  # a passage tokenized longer than its words alone: cut it again, shorter
+        again, back = passages(tokenizer, [out[j] for j in sorted(long)], max_len - 4)
+        parts = {j: [t for t, b in zip(again, back) if b == k] for k, j in enumerate(sorted(long))}
+        out2, source2 = [], []
+        for j, (t, src) in enumerate(zip(out, source)):
+            for part in parts.get(j, [t]):
+                out2.append(part)
+                source2.append(src)
+        return out2, source2
+    return out, source
 
 
 def choose_masks(ids: np.ndarray, special_ids: np.ndarray, ratio: float = MASK_RATIO, seed: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ from experts.plan_integrity import plan_languages
 from experts.registry import run_registry
 from experts.training import budget_config, train_all, train_baseline
 from routing import XELM
-from routing.masking import encode, mask_sets
+from routing.masking import encode, mask_sets, passages
 from routing.posterior import held_out_loglik
 from routing.scoring import MAX_LEN, every_token_table, label_table, packed_rows
 from xelm.app.bootstrap import paired_delta, summarize
@@ -40,6 +40,25 @@ def test_mask_sets_cover_every_token_once():
     assert max(len(s) for s in sets) - min(len(s) for s in sets) <= 1
     assert all((np.diff(s) > 0).all() for s in sets)
     assert [s.tolist() for s in mask_sets(ids, special, 0.2, seed=3)] == [s.tolist() for s in sets]
+
+
+def test_long_paragraphs_are_cut_into_passages_that_score_every_token(tiny_tokenizer):
+    from xelm.tokenizer import load_tokenizer
+    tok = load_tokenizer(tiny_tokenizer)
+    limit = max(len(ids) for ids in encode(tok, [TEXTS[0], TEXTS[3]], 10_000))  # these two fit
+    long = " ".join(TEXTS * 12)  # about ten times the limit
+    texts = [TEXTS[0], long, "主要" * 80, TEXTS[3]]  # the third has no space to cut at
+    out, source = passages(tok, texts, limit)
+    assert out[0] == TEXTS[0] and out[-1] == TEXTS[3] and source[0] == 0 and source[-1] == 3
+    assert source == sorted(source) and source.count(1) > 5 and source.count(2) > 2
+    assert max(map(len, encode(tok, out, 10_000))) <= limit  # every passage fits: nothing truncated
+    for i, text in enumerate(texts):  # and together they are the text, cut between words where it has them
+        mine = [t for t, s in zip(out, source) if s == i]
+        assert "".join("".join(mine).split()) == "".join(text.split())
+    assert all(t.split()[0] in long.split() for t, s in zip(out, source) if s == 1)
+    whole = sum(map(len, encode(tok, texts, 10_000))) - 2 * len(texts)
+    cut = sum(map(len, encode(tok, out, 10_000))) - 2 * len(out)
+    assert abs(cut - whole) <= len(out)  # re-tokenizing at the cuts moves a token at most
 
 
 def test_packed_scoring_equals_each_text_scored_alone(tiny_expert_run):

@@ -3,9 +3,10 @@
 The rules a reviewer checks (DESIGN.md, "Evaluation"):
 
 - every non-special test token is scored once, with the same disjoint mask sets for every model
-  (``SCORE_MASK_RATIO``: ceil(1 / ratio) passes per model);
+  (``SCORE_MASK_RATIO``: ceil(1 / ratio) passes per model), paragraphs longer than
+  ``PARAGRAPH_MAX_LEN`` tokens cut into passages that fit;
 - each per-language difference Δ = loss(X-ELM) − loss(dense) (negative: X-ELM better) gets a
-  paired bootstrap interval over test paragraphs;
+  paired bootstrap interval over test passages;
 - the posterior router routes the tokens of a mask set on the other sets' likelihoods only;
 - the headline ensemble is the config's ``experts.ensemble``, chosen on the validation split
   (whose report lists every ensemble's share of improved languages), and the second line is
@@ -28,6 +29,7 @@ from experts.plan_integrity import check_dense_matches, check_experts_match_plan
 from experts.registry import run_registry
 from routing import XELM
 from routing.ensemble import stack_states
+from routing.masking import passages
 from routing.posterior import PosteriorRouter, held_out_loglik
 from routing.routes import Routing, softmax_rows
 from routing.scoring import every_token_table, mixture_loss
@@ -47,7 +49,7 @@ TOP1 = ("tfidf", 1)  # X-ELM's inference routing: one expert per text; what abla
 SOFT = ("tfidf", None)  # c-BTM: every expert, weights softmax(-d²/T)
 DESCRIPTION = {"xelm:tfidf@1": "top-1 TF-IDF routing, one expert per text",
                "xelm:tfidf@all": "c-BTM soft mixture, every expert weighted by TF-IDF, T = 0.1"}
-PARAGRAPH_MAX_LEN = 128  # texts are paragraphs; longer ones are cut here (short rows keep scoring cheap)
+PARAGRAPH_MAX_LEN = 128  # tokens of a scored text: longer paragraphs are cut into passages (short rows score cheaply)
 SCORE_MASK_RATIO = 1 / 3  # 3 disjoint mask sets: every token scored once, each with 2/3 of its text as context
 
 
@@ -153,6 +155,8 @@ def _held_out(run: RunDir, split: str):
     keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
     test = test.select(keep)
     texts, langs = paragraphs(test["lang"], test["text"])  # short, each a natural unit of the article
+    texts, source = passages(tok, texts, PARAGRAPH_MAX_LEN)  # the long ones cut: every token is scored
+    langs = [langs[i] for i in source]
     if not texts:
         raise XelmError(f"the {split} split has no text in the experts' languages")
     return cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs
@@ -171,7 +175,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     # training (and are judged on their own languages below).
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run_dir, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
-    say(f"scoring every token of {len(texts):,} {split} paragraphs: base, dense and {len(cluster)} experts, "
+    say(f"scoring every token of {len(texts):,} {split} passages: base, dense and {len(cluster)} experts, "
         f"{int(np.ceil(1 / SCORE_MASK_RATIO))} shared mask sets")
     # One pass per mask set and model gives every model's log-probability of every token; every
     # router's mixture then follows in numpy, without running a model again.

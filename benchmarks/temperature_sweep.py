@@ -36,7 +36,7 @@ GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # 0.1: the X-ELM / c-BTM default
 def sweep(run_dir, split: str = "validation", temperatures=GRID, progress: bool = True) -> dict[float, dict]:
     """T -> the evaluation's summary of the soft mixture at T against the dense model."""
     run = RunDir(run_dir)
-    _, _, tok, _, cluster_cards, own, _, texts, langs = _held_out(run, split)
+    _, _, tok, _, cluster_cards, own, _, texts, langs, paragraph = _held_out(run, split)
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run.root, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
     xelm.pool.add("(dense)", run.dense())
@@ -54,7 +54,7 @@ def sweep(run_dir, split: str = "validation", temperatures=GRID, progress: bool 
     for t in temperatures:
         xelm.router("tfidf").temperature = t
         _, nll = _routed_nll(xelm, texts, "tfidf", None, None, posterior, lp_ExNxK, w_NxK, set_K)
-        out[t] = summarize(_intervals(seen, rows_of, nll, nll_dense, count), tokens)
+        out[t] = summarize(_intervals(seen, rows_of, nll, nll_dense, count, paragraph), tokens)
     return out
 
 

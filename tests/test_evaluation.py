@@ -18,7 +18,7 @@ from routing.posterior import held_out_loglik
 from routing.scoring import MAX_LEN, every_token_table, label_table, packed_rows
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.cli import main
-from xelm.app.evaluate import SCORE_MASK_RATIO, _compute, evaluate
+from xelm.app.evaluate import SCORE_MASK_RATIO, _compute, _intervals, evaluate
 from xelm.app.report import headline_sentence
 from xelm.batches import MIN_LEN, bucket
 from xelm.errors import XelmError
@@ -110,6 +110,13 @@ def test_paired_bootstrap_interval():
     noisy = a + np.random.default_rng(2).normal(0, 5, 40)
     d, lo, hi = paired_delta(noisy, a, count)
     assert lo < d < hi and lo < 0 < hi + 0.5
+    # A long paragraph's passages are resampled together: cutting paragraphs into passages leaves the
+    # interval what it was for the paragraphs whole, and resampling the passages apart would not.
+    cut = np.repeat(np.arange(40), 3)  # each paragraph in three passages
+    parts = [np.repeat(x / 3, 3) for x in (noisy, a, count)]
+    whole = _intervals(["x"], {"x": list(range(40))}, noisy, a, count, np.arange(40))
+    assert _intervals(["x"], {"x": list(range(120))}, *parts, cut) == whole
+    assert _intervals(["x"], {"x": list(range(120))}, *parts, np.arange(120)) != whole
     s = summarize({"x": (-0.5, -0.6, -0.4), "y": (0.1, -0.1, 0.3), "z": (0.2, 0.1, 0.3)}, {"x": 100, "y": 300, "z": 50})
     assert (s["significant_wins"], s["significant_losses"], s["scored_tokens_median"]) == (1, 1, 100)
     assert s["improved_fraction"] == pytest.approx(1 / 3)

@@ -41,7 +41,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert set(por) >= {"hmr", "base_continued", "dense_continued", "hmr_vs_base_continued", "forgetting"}
     d = por["hmr_vs_dense_continued"]
     assert d["ci"][0] <= d["delta"] <= d["ci"][1] and abs(d["delta"] - (por["hmr"] - por["dense_continued"])) < 1e-6
-    assert por["forgetting"]["paragraphs"] == 6  # one paragraph of each of the 6 seen languages
+    assert por["forgetting"]["passages"] == 6  # one passage of each of the 6 seen languages
     assert not m["new_languages"]["por"]["parent"].startswith("hmr-")
     assert set(m["routing"]) == {"tfidf", "posterior", "langid"}
     assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1

@@ -131,8 +131,9 @@ SPLITS = ("test", "validation")
 
 def _held_out(run: RunDir, split: str):
     """The run's parts the evaluation needs, checked to belong together, and the paragraphs of
-    ``split`` in the experts' languages: (cfg, plan, tokenizer, cards, cluster cards, language ->
-    own cluster expert, language -> HMR card, texts, their languages)."""
+    ``split`` in the experts' languages, the long ones cut into passages: (cfg, plan, tokenizer,
+    cards, cluster cards, language -> own cluster expert, language -> HMR card, texts, their
+    languages, the paragraph each text comes from)."""
     if split not in SPLITS:
         raise XelmError(f"--split {split!r}: evaluate on one of {', '.join(SPLITS)}")
     run_dir = run.root
@@ -155,11 +156,11 @@ def _held_out(run: RunDir, split: str):
     keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
     test = test.select(keep)
     texts, langs = paragraphs(test["lang"], test["text"])  # short, each a natural unit of the article
-    texts, source = passages(tok, texts, PARAGRAPH_MAX_LEN)  # the long ones cut: every token is scored
-    langs = [langs[i] for i in source]
+    texts, paragraph = passages(tok, texts, PARAGRAPH_MAX_LEN)  # the long ones cut: every token is scored
+    langs = [langs[i] for i in paragraph]
     if not texts:
         raise XelmError(f"the {split} split has no text in the experts' languages")
-    return cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs
+    return cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs, np.asarray(paragraph)
 
 
 def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
@@ -168,7 +169,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     ``RunDir.report_for(split)``. Validation chooses configurations; test only reports."""
     run = RunDir(run_dir)
     run_dir = run.root
-    cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs = _held_out(run, split)
+    cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs, paragraph = _held_out(run, split)
     say = tqdm.write if progress else (lambda *a: None)
 
     # The equal-compute comparison routes among the cluster experts only: HMR experts had extra
@@ -221,7 +222,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     second = _name(*SOFT) if headline != _name(*SOFT) else _name(*TOP1)
     seen = sorted(lang for lang in per_lang["dense"] if lang in own)
     rows_of = _rows_of(langs)
-    intervals = {name: _intervals(seen, rows_of, nll[name], nll["dense"], count) for name in (headline, second)}
+    intervals = {name: _intervals(seen, rows_of, nll[name], nll["dense"], count, paragraph)
+                 for name in (headline, second)}
     cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
     level_of = {lang: _stage_of(cfg, lang) for lang in seen}
 
@@ -231,7 +233,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
             groups[key[lang]][lang] = v
         return {g: summarize(v, tokens_by_lang) for g, v in sorted(groups.items())}
 
-    new_langs = _new_languages(run, tok, hmr, hmr_rows, texts, langs, nll, per_lang, count)
+    new_langs = _new_languages(run, tok, hmr, hmr_rows, texts, langs, paragraph, nll, per_lang, count)
     routing = _routing_accuracy(xelm, texts, langs, own, {"tfidf": routings["tfidf", 1],
                                                           "posterior": Routing(cluster, softmax_rows(
                                                               ll_JxNxE.mean(0)), "posterior")})
@@ -257,7 +259,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
                      "sign": "Δ = loss(X-ELM) − loss(dense): negative = X-ELM better",
                      "scoring": f"every token, {int(np.ceil(1 / SCORE_MASK_RATIO))} disjoint mask sets "
                                 f"({SCORE_MASK_RATIO:.0%} of the tokens each), the same for every model",
-                     "interval": "95% paired bootstrap over test paragraphs (per language), over languages (means)"},
+                     "interval": "95% paired bootstrap over test paragraphs (per language; a long paragraph's "
+                                 "passages resampled together), over languages (means)"},
         "summary": summary,
         "languages": {lang: {**{name: v.get(lang) for name, v in per_lang.items()}, **_deltas(intervals, lang),
                              "expert": own.get(lang) or hmr[lang]["name"], "cluster": cluster_of.get(lang),
@@ -291,10 +294,19 @@ def _rows_of(langs: list[str]) -> dict[str, list[int]]:
     return out
 
 
-def _intervals(seen: list[str], rows_of: dict, nll_a: np.ndarray, nll_dense: np.ndarray, count: np.ndarray) -> dict:
+def _intervals(seen: list[str], rows_of: dict, nll_a: np.ndarray, nll_dense: np.ndarray, count: np.ndarray,
+               paragraph: np.ndarray) -> dict:
     """Per language, (Δ, low, high) of model a against the dense model, paired over paragraphs."""
-    return {lang: paired_delta(nll_a[rows_of[lang]], nll_dense[rows_of[lang]], count[rows_of[lang]], seed=i)
+    return {lang: paired_delta(*_by_paragraph(paragraph[rows_of[lang]], nll_a[rows_of[lang]],
+                                              nll_dense[rows_of[lang]], count[rows_of[lang]]), seed=i)
             for i, lang in enumerate(seen)}
+
+
+def _by_paragraph(paragraph_R: np.ndarray, *per_text_R: np.ndarray) -> list[np.ndarray]:
+    """Sums per paragraph of per-passage arrays: the bootstrap resamples paragraphs, whose
+    passages share their context, as whole units."""
+    _, unit_R = np.unique(paragraph_R, return_inverse=True)
+    return [np.bincount(unit_R, weights=x) for x in per_text_R]
 
 
 def _scores(model, tok, texts: list[str], progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -313,7 +325,7 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
     the cheap evaluation an ablation of many rows needs. Writes ``headline.json`` beside the
     split's report."""
     run = RunDir(run_dir)
-    _, plan, tok, _, cluster_cards, own, _, texts, langs = _held_out(run, split)
+    _, plan, tok, _, cluster_cards, own, _, texts, langs, paragraph = _held_out(run, split)
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run.root, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
     routing = xelm.route(texts, router=TOP1[0], top_k=TOP1[1])
@@ -335,7 +347,7 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
         nll_x[rows] = _nll(lp, w, sk, per_set)
     dense_by_lang = _per_language(langs, nll_dense, count)
     seen = sorted(lang for lang in dense_by_lang if lang in own)
-    intervals = _intervals(seen, _rows_of(langs), nll_x, nll_dense, count)
+    intervals = _intervals(seen, _rows_of(langs), nll_x, nll_dense, count, paragraph)
     tokens = _tokens_by_lang(langs, count)
     cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
     groups = defaultdict(dict)
@@ -361,11 +373,11 @@ def _deltas(intervals: dict, lang: str) -> dict:
     return {"delta": h[0], "delta_ci": list(h[1:]), "second_delta": f[0], "second_delta_ci": list(f[1:])}
 
 
-def _new_languages(run, tok, hmr, hmr_rows, texts, langs, nll, per_lang, count) -> dict:
+def _new_languages(run, tok, hmr, hmr_rows, texts, langs, paragraph, nll, per_lang, count) -> dict:
     """New languages: HMR vs base-branched vs dense-continued at equal tokens (+ untouched models),
     each difference with a paired interval over the language's paragraphs; and what continuing
     the dense model on the new language costs the languages it knew (``forgetting``: loss of the
-    continued model minus the dense model's on one paragraph per seen language, every token).
+    continued model minus the dense model's on one passage per seen language, every token).
     An HMR expert leaves every other expert's weights as they were, so it forgets nothing."""
     out = {}
     seen_rows = list({lang: i for i, lang in reversed(list(enumerate(langs))) if lang not in hmr}.values())
@@ -385,13 +397,13 @@ def _new_languages(run, tok, hmr, hmr_rows, texts, langs, nll, per_lang, count) 
             lp, w, sk = _model_table(model, tok, sub)
             yard = _nll(lp, w, sk, np.ones((len(sub), 1)))
             entry[f"{parent}_continued"] = float(yard.sum() / w.sum())
-            d, lo, hi = paired_delta(nll["own_expert"][rows], yard, count[rows])
+            d, lo, hi = paired_delta(*_by_paragraph(paragraph[rows], nll["own_expert"][rows], yard, count[rows]))
             entry[f"hmr_vs_{parent}_continued"] = {"delta": d, "ci": [lo, hi]}
             if parent == "dense" and seen_rows:
                 lp, w, sk = _model_table(model, tok, [texts[i] for i in seen_rows])
                 d, lo, hi = paired_delta(_nll(lp, w, sk, np.ones((len(seen_rows), 1))), nll["dense"][seen_rows],
                                          count[seen_rows])
-                entry["forgetting"] = {"delta": d, "ci": [lo, hi], "paragraphs": len(seen_rows)}
+                entry["forgetting"] = {"delta": d, "ci": [lo, hi], "passages": len(seen_rows)}
         out[lang] = entry
     return out
 

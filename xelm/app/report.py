@@ -297,7 +297,7 @@ def write_report(run_dir: str | Path, metrics: dict) -> Path:
         "## New languages (HMR) at equal tokens", "",
         "Every token of the language's test text; Δ = HMR − yardstick with a 95% paired interval over its "
         "paragraphs. Forgetting: the dense model continued on the language, minus the dense model, on one "
-        "paragraph of every seen language (an HMR expert changes no other expert, so it forgets nothing).", "",
+        "passage of every seen language (an HMR expert changes no other expert, so it forgets nothing).", "",
         "| language | parent | HMR expert | base branched | dense continued | Δ vs base branched | "
         "Δ vs dense continued | dense forgetting |",
         "|---|---|---|---|---|---|---|---|",

@@ -285,7 +285,7 @@ class Encoder(nnx.Module):
         """[B, K] log p(label) at the masked positions: ``log_softmax(masked_logits)`` at the
         labels, to ~1e-6, with the logsumexp taken over vocabulary chunks (:func:`vocab_chunks`)
         so the [B·K, V] logits never exist at once: on a CPU, writing and re-reading them cost
-        half as much again as the head's GEMM (benchmarks/README.md)."""
+        half as much again as the head's GEMM (benchmarks/README.md). G: the chunks."""
         h = self.head_norm(_activation(self.cfg.activation)(self.head_dense(self.masked_hidden(batch))))
         b, k, d = h.shape
         v = self.cfg.vocab_size
@@ -303,12 +303,12 @@ class Encoder(nnx.Module):
             label_M = jnp.take_along_axis(logits_MxC, jnp.where(inside_M, labels_M - first, 0)[:, None], -1)[:, 0]
             return max_M, jnp.exp(logits_MxC - max_M[:, None]).sum(-1), jnp.where(inside_M, label_M, 0.0)
 
-        max_NxM, sum_NxM, label_NxM = jax.lax.map(chunk, (
+        max_GxM, sum_GxM, label_GxM = jax.lax.map(chunk, (
             jnp.arange(chunks) * (v // chunks), table_VxD.reshape(chunks, v // chunks, d).transpose(0, 2, 1),
             bias_V.reshape(chunks, v // chunks)))
-        max_M = max_NxM.max(0)
-        lse_M = max_M + jnp.log((sum_NxM * jnp.exp(max_NxM - max_M)).sum(0))
-        return (label_NxM.sum(0) - lse_M).reshape(b, k)
+        max_M = max_GxM.max(0)
+        lse_M = max_M + jnp.log((sum_GxM * jnp.exp(max_GxM - max_M)).sum(0))
+        return (label_GxM.sum(0) - lse_M).reshape(b, k)
 
     def masked_xent(self, batch: MLMBatch):
         """([B, K] cross-entropy, [B, K] 1.0 where the top token is the label) at the masked

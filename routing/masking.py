@@ -50,6 +50,8 @@ def passages(tokenizer, texts: list[str], max_len: int) -> tuple[list[str], list
     paragraph would otherwise go partly unscored. Returns the passages and, for each, the index
     of the text it came from (texts that fit are kept whole). Words are counted alone (the
     tokenizer's offsets are no help: a byte-fallback token spans its whole text)."""
+    if not texts:
+        return [], []
     budget = max_len - 2
     lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
     out, source = [], []

@@ -6,7 +6,7 @@ The rules a reviewer checks (DESIGN.md, "Evaluation"):
   (``SCORE_MASK_RATIO``: ceil(1 / ratio) passes per model), paragraphs longer than
   ``PARAGRAPH_MAX_LEN`` tokens cut into passages that fit;
 - each per-language difference Δ = loss(X-ELM) − loss(dense) (negative: X-ELM better) gets a
-  paired bootstrap interval over test passages;
+  paired bootstrap interval over test paragraphs (a long one's passages resampled together);
 - the posterior router routes the tokens of a mask set on the other sets' likelihoods only;
 - the headline ensemble is the config's ``experts.ensemble``, chosen on the validation split
   (whose report lists every ensemble's share of improved languages), and the second line is

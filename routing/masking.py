@@ -53,7 +53,7 @@ def passages(tokenizer, texts: list[str], max_len: int) -> tuple[list[str], list
     if not texts:
         return [], []
     budget = max_len - 2
-    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
+    lengths = _token_counts(tokenizer, list(texts))
     out, source = [], []
     for i, (text, n) in enumerate(zip(texts, lengths)):
         if n <= budget:
@@ -61,9 +61,11 @@ def passages(tokenizer, texts: list[str], max_len: int) -> tuple[list[str], list
             source.append(i)
             continue
         words = re.findall(r"\S+\s*", text)
-        sizes = [len(ids) for ids in tokenizer(words, add_special_tokens=False, truncation=False)["input_ids"]]
-        units = [u for w, size in zip(words, sizes) for u in ([w] if size <= budget // 2 else list(w))]
-        sizes = [len(ids) for ids in tokenizer(units, add_special_tokens=False, truncation=False)["input_ids"]]
+        units, sizes = [], []  # the words, and the characters of a word too long to keep whole
+        for word, size in zip(words, _token_counts(tokenizer, words)):
+            parts = [word] if size <= budget // 2 else list(word)
+            units += parts
+            sizes += [size] if len(parts) == 1 else _token_counts(tokenizer, parts)
         piece, used = "", 0
         for unit, size in zip(units, sizes):
             if used + size > budget and piece.strip():
@@ -78,14 +80,18 @@ def passages(tokenizer, texts: list[str], max_len: int) -> tuple[list[str], list
     long = {j for j, n in enumerate(lengths) if n > max_len}
     if long and max_len > 8:  # a passage tokenized longer than its words alone: cut it again, shorter
         again, back = passages(tokenizer, [out[j] for j in sorted(long)], max_len - 4)
-        parts = {j: [t for t, b in zip(again, back) if b == k] for k, j in enumerate(sorted(long))}
+        recut = {j: [t for t, b in zip(again, back) if b == k] for k, j in enumerate(sorted(long))}
         out2, source2 = [], []
         for j, (t, src) in enumerate(zip(out, source)):
-            for part in parts.get(j, [t]):
+            for part in recut.get(j, [t]):
                 out2.append(part)
                 source2.append(src)
         return out2, source2
     return out, source
+
+
+def _token_counts(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]]
 
 
 def choose_masks(ids: np.ndarray, special_ids: np.ndarray, ratio: float = MASK_RATIO, seed: int = 0) -> np.ndarray:

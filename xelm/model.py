@@ -264,9 +264,13 @@ class Encoder(nnx.Module):
             x_BxSxD = layer(x_BxSxD, masks, rotations)
         return x_BxSxD if self.final_norm is None else self.final_norm(x_BxSxD)
 
+    def head_transform(self, hidden_BxKxD):
+        """The MLM head before its tied decoder: dense -> activation -> norm."""
+        return self.head_norm(_activation(self.cfg.activation)(self.head_dense(hidden_BxKxD)))
+
     def mlm_logits(self, hidden_BxKxD):
         """Vocabulary logits for the given hidden states (call on masked positions only)."""
-        h = self.head_norm(_activation(self.cfg.activation)(self.head_dense(hidden_BxKxD)))
+        h = self.head_transform(hidden_BxKxD)
         logits = self.embed.attend(h)
         if self.decoder_bias is not None:
             logits = logits + self.decoder_bias[...]
@@ -286,7 +290,7 @@ class Encoder(nnx.Module):
         labels, to ~1e-6, with the logsumexp taken over vocabulary chunks (:func:`vocab_chunks`)
         so the [B·K, V] logits never exist at once: on a CPU, writing and re-reading them cost
         half as much again as the head's GEMM (benchmarks/README.md). G: the chunks."""
-        h = self.head_norm(_activation(self.cfg.activation)(self.head_dense(self.masked_hidden(batch))))
+        h = self.head_transform(self.masked_hidden(batch))
         b, k, d = h.shape
         v = self.cfg.vocab_size
         chunks = vocab_chunks(v)
@@ -313,8 +317,7 @@ class Encoder(nnx.Module):
     def masked_xent(self, batch: MLMBatch):
         """([B, K] cross-entropy, [B, K] 1.0 where the top token is the label) at the masked
         positions, through :func:`tied_head_xent` (what training differentiates)."""
-        x_BxKxD = self.masked_hidden(batch)
-        h_BxKxD = self.head_norm(_activation(self.cfg.activation)(self.head_dense(x_BxKxD)))
+        h_BxKxD = self.head_transform(self.masked_hidden(batch))
         b, k, d = h_BxKxD.shape
         table_VxD = self.embed.embedding[...].astype(h_BxKxD.dtype)
         bias_V = (jnp.zeros((self.cfg.vocab_size,), jnp.float32) if self.decoder_bias is None

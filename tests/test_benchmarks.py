@@ -25,3 +25,20 @@ def test_train_benchmark_runs(script, extra, expect, monkeypatch, capsys):
     out = capsys.readouterr().out
     for text in expect:
         assert text in out, out
+
+
+def test_packed_attention_offsets_follow_cudnns_packed_layout(monkeypatch):
+    """The GPU probe's segment lengths and offsets (the part that runs anywhere): -1 past a row's
+    last segment, padding in no segment, the trailing slot always -1 (an end offset there made
+    cuDNN read past the batch: the last segment's gradients came back NaN)."""
+    import jax.numpy as jnp
+    import numpy as np
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from packed_attention import segment_offsets
+
+    seg = np.zeros((2, 12), np.int32)
+    seg[0] = [1, 1, 1, 2, 2, 3, 3, 3, 3, 4, 4, 4]
+    seg[1, :7] = [1, 1, 1, 1, 2, 2, 2]  # two segments, then padding
+    lens, offsets = segment_offsets(jnp.asarray(seg), 5)
+    assert np.asarray(lens).tolist() == [[3, 2, 4, 3, -1], [4, 3, -1, -1, -1]]
+    assert np.asarray(offsets).tolist() == [[0, 3, 5, 9, -1, -1], [0, 4, -1, -1, -1, -1]]

@@ -47,7 +47,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1
     text = (report / "report.md").read_text()
     assert f"[{lo:+.3f}, {hi:+.3f}]" in text.split("## What")[0]  # the headline gives the interval
-    for section in ("## Headline", "## What the numbers say", "## By resource level", "## By cluster", "## New languages",
+    for section in ("## Headline", "## What the numbers say", "## Every ensemble against the dense model", "## By resource level", "## By cluster", "## New languages",
                     "## Routing", "## Zero-shot", "dense forgetting"):
         assert section in text
     again = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)  # everything complete: skipped
@@ -61,17 +61,24 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert v["summary"]["languages"] == 6 and v["languages"]["eng"]["dense"] != m["languages"]["eng"]["dense"]
     assert "skipped" in v["transfer"] and (report / "metrics.json").read_bytes() == test_bytes
 
-    # Validation lists every ensemble's share of improved languages; the config's ensemble, chosen
-    # by it, is the headline, with top-1 routing as the second line when the soft mixture leads.
-    imp = v["summary"]["improved_by_ensemble"]
-    assert {"xelm:tfidf@1", "xelm:tfidf@2", "xelm:tfidf@all", "xelm:posterior@2"} <= set(imp)
-    assert imp["xelm:tfidf@1"] == v["summary"]["improved_fraction"]
+    # Validation summarizes every ensemble with intervals and ranks them by the rule that chooses
+    # the config's ensemble; that ensemble is the headline, with top-1 routing as the second line
+    # when the soft mixture leads.
+    by = v["summary"]["by_ensemble"]
+    assert {"xelm:tfidf@1", "xelm:tfidf@2", "xelm:tfidf@all", "xelm:posterior@2"} <= set(by)
+    assert by["xelm:tfidf@1"] == {k: v["summary"][k] for k in by["xelm:tfidf@1"]}
+    ranking = v["summary"]["ensemble_ranking"]
+    assert sorted(ranking) == sorted(by) and all(
+        (-by[a]["improved_fraction"], by[a]["significant_losses"]) <= (-by[b]["improved_fraction"], by[b]["significant_losses"])
+        for a, b in zip(ranking, ranking[1:]))
+    imp = {name: s["improved_fraction"] for name, s in by.items()}
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("ensemble: tfidf@1", "ensemble: tfidf@all"))
     soft = evaluate(run, progress=False, split="validation")
     assert soft["headline"]["ensemble"] == "xelm:tfidf@all" and soft["headline"]["second_line"] == "xelm:tfidf@1"
     assert soft["summary"]["improved_fraction"] == imp["xelm:tfidf@all"]
     assert soft["summary"]["second_line"]["significant_wins"] == v["summary"]["significant_wins"]
+    assert soft["summary"]["by_ensemble"] == by  # the headline's choice changes no ensemble's figures
     assert "chosen on the validation split" in (run / "report-validation" / "report.md").read_text()
     # The temperature sweep scores the soft mixture as the evaluation does: at its T = 0.1, the same figures.
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))

@@ -47,8 +47,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert 0 <= m["transfer"]["mean_retrieval"]["xelm"] <= 1
     text = (report / "report.md").read_text()
     assert f"[{lo:+.3f}, {hi:+.3f}]" in text.split("## What")[0]  # the headline gives the interval
-    for section in ("## Headline", "## What the numbers say", "## Every ensemble against the dense model", "## By resource level", "## By cluster", "## New languages",
-                    "## Routing", "## Zero-shot", "dense forgetting"):
+    for section in ("## Headline", "## What the numbers say", "## Every ensemble against the dense model",
+                    "## By resource level", "## By cluster", "## New languages", "## Routing", "## Zero-shot",
+                    "dense forgetting"):
         assert section in text
     again = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)  # everything complete: skipped
     assert again["dense"] == summary["dense"]
@@ -68,9 +69,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     assert {"xelm:tfidf@1", "xelm:tfidf@2", "xelm:tfidf@all", "xelm:posterior@2"} <= set(by)
     assert by["xelm:tfidf@1"] == {k: v["summary"][k] for k in by["xelm:tfidf@1"]}
     ranking = v["summary"]["ensemble_ranking"]
-    assert sorted(ranking) == sorted(by) and all(
-        (-by[a]["improved_fraction"], by[a]["significant_losses"]) <= (-by[b]["improved_fraction"], by[b]["significant_losses"])
-        for a, b in zip(ranking, ranking[1:]))
+    def rank(name):
+        return -by[name]["improved_fraction"], by[name]["significant_losses"]
+    assert sorted(ranking) == sorted(by) and all(rank(a) <= rank(b) for a, b in zip(ranking, ranking[1:]))
     imp = {name: s["improved_fraction"] for name, s in by.items()}
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("ensemble: tfidf@1", "ensemble: tfidf@all"))

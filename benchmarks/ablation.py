@@ -49,6 +49,7 @@ ROWS = {  # every row names its method, so a base made under another default rea
     # k-means without the size balance: a small language stays with the relatives it shares subwords
     # with, however large that cluster grows (balanced clusters split the Cyrillic and Latin groups).
     "tfidf-k16-16-unbalanced": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536, "balanced": False},
+    "tfidf-k32-8-unbalanced": {"method": "tfidf", "k": 32, "by_script": False, "tokens": 32768, "balanced": False},
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")

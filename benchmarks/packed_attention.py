@@ -2,8 +2,9 @@
 
 `xelm.model.attend` hands cuDNN the packed rows' segment mask as a dense [B, 1, S, S] bias. cuDNN
 can instead take each row's segments as offsets and lengths (JAX's private "packed layout", the
-THD format), with no bias to read. This probe swaps that path into the encoder's global layers,
-checks that attention's output and gradients and the model's loss and gradients match the mask
+THD format), with no bias to read. This probe swaps that path into every layer (its documents
+are 64 tokens, so with --local-window of at least 128 a local layer's mask is the segment mask
+too), checks that attention's output and gradients and the model's loss and gradients match the mask
 path, and times the train step both ways in interleaved rounds. It is the evidence for moving
 the encoder to that path (which needs a static bound on segments per row in the batch), not a
 path the encoder takes.

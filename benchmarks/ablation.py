@@ -120,7 +120,8 @@ def main() -> None:
     if all("validation" in r for r in results):
         pick = chosen(results)
         report["chosen_by_validation"] = pick["row"]
-        md.append(f"\nValidation picks **{pick['row']}** (most languages improved, then fewest significant losses, then lowest mean Δ).")
+        md.append(f"\nValidation picks **{pick['row']}** (most languages improved, then fewest significant "
+                  "losses, then lowest mean Δ).")
         print(f"validation picks {pick['row']}")
     write_json(a.out / "ablation.json", report)
     write_text(a.out / "ablation.md", "\n".join(md) + "\n")

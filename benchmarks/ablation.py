@@ -50,6 +50,8 @@ ROWS = {  # every row names its method, so a base made under another default rea
     # with, however large that cluster grows (balanced clusters split the Cyrillic and Latin groups).
     "tfidf-k16-16-unbalanced": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536, "balanced": False},
     "tfidf-k32-8-unbalanced": {"method": "tfidf", "k": 32, "by_script": False, "tokens": 32768, "balanced": False},
+    "tfidf-k16-16-unbalanced-lr3e-3": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
+                                       "balanced": False, "lr": 0.003},
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")

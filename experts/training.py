@@ -87,7 +87,8 @@ def interleaved(sources: list[tuple[BatchSource, int]]) -> tuple[BatchSource, in
 
 def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages: list[str]) -> float | None:
     """Masked-LM loss on fixed validation batches of ``languages`` (same for every model)."""
-    rows = [i for i, lang in enumerate(split["lang"]) if lang in set(languages)]
+    wanted = set(languages)
+    rows = [i for i, lang in enumerate(split["lang"]) if lang in wanted]
     if not rows:
         return None
     part = split.select(rows)
@@ -105,7 +106,8 @@ def _budget_data(run: RunDir, languages: list[str], tokens: int, corpus_spec: st
     cfg, tok = run.config(), run.tokenizer()
     corpus = load_corpus(corpus_spec or cfg.data.corpus, languages=languages)
     split = corpus["train"]
-    empty = [lang for lang in languages if lang not in set(split["lang"])]
+    present = set(split["lang"])  # once: each pass over a datasets column decodes every row
+    empty = [lang for lang in languages if lang not in present]
     if empty:
         raise XelmError(f"language(s) {', '.join(empty)} have no training text in corpus "
                         f"{corpus_spec or cfg.data.corpus}")

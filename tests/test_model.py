@@ -80,6 +80,36 @@ def test_masked_only_loss_equals_full_loss_restricted_to_masks(arch):
 
 
 @pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_last_layer_on_masked_rows_only_equals_the_full_pass(arch):
+    # masked_hidden runs the last layer's queries, MLP and residual on the masked rows alone;
+    # its states and its gradients must be those of the full pass, packed segments and a local
+    # last layer included.
+    from xelm.model import rows
+    model = make(arch, layers=3, local_window=6, global_every=2)  # layer 2 (the last) is global
+    ids, seg, pos = packed_row()
+    mpos = np.array([[0, 3, 9, 10, 17, 23]], np.int32)
+    batch = MLMBatch(*(jnp.asarray(a) for a in (ids, seg, pos, mpos, ids[:, mpos[0]], np.ones((1, 6), np.float32))))
+    graphdef, state = nnx.split(model)
+
+    def full(state):
+        return rows(nnx.merge(graphdef, state)(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS),
+                    batch.mask_positions_BxK)
+
+    def masked(state):
+        return nnx.merge(graphdef, state).masked_hidden(batch)
+
+    np.testing.assert_allclose(masked(state), full(state), atol=2e-6)
+    weights = jax.random.normal(jax.random.key(0), (1, 6, SMALL["hidden"]))
+    g_full, g_masked = (jax.grad(lambda s, f=f: (f(s) * weights).sum())(state) for f in (full, masked))
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_masked)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    local = make(arch, layers=2, local_window=6, global_every=2)  # layer 1 (the last) is local
+    np.testing.assert_allclose(local.masked_hidden(batch),
+                               rows(local(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS),
+                                    batch.mask_positions_BxK), atol=2e-6)
+
+
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
 def test_label_logprobs_over_vocab_chunks_equal_log_softmax(arch):
     from xelm.model import vocab_chunks
     model = make(arch, vocab_size=2048)  # on CPU: 4 chunks of 512

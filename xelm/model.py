@@ -80,6 +80,12 @@ def attend(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS):
     return o_BxNxSxH.transpose(0, 2, 1, 3)
 
 
+def rows(x_BxSx_, index_BxK):
+    """``x[b, index[b, k]]`` for every b, k: [B, K, ...] from [B, S, ...]."""
+    index = index_BxK.reshape(index_BxK.shape + (1,) * (x_BxSx_.ndim - 2))
+    return jnp.take_along_axis(x_BxSx_, index, axis=1)
+
+
 def attention_mask(segment_ids_BxS, positions_BxS, window: int | None):
     """[B, 1, S, S] boolean: same segment and (for local layers) within ``window // 2``."""
     same_BxSxS = segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :]
@@ -167,16 +173,20 @@ class Attention(nnx.Module):
         self.qkv = nnx.Linear(d, 3 * d, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
         self.out = nnx.Linear(d, d, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
 
-    def __call__(self, x_BxSxD, mask_Bx1xSxS, rotations: dict):
-        """``rotations``: theta -> :func:`rotary` of the batch's positions (empty without rope)."""
+    def __call__(self, x_BxSxD, mask_Bx1xSxS, rotations: dict, queries_BxQ=None):
+        """``rotations``: theta -> :func:`rotary` of the batch's positions (empty without rope).
+        ``queries``: the positions whose outputs are wanted ([B, Q, D] back; default all)."""
         cfg = self.cfg
         b, s, d = x_BxSxD.shape
         qkv = self.qkv(x_BxSxD).reshape(b, s, 3, cfg.heads, d // cfg.heads)
-        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q_BxQxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.theta is not None:
-            q_BxSxNxH, k_BxSxNxH = rope(q_BxSxNxH, rotations[self.theta]), rope(k_BxSxNxH, rotations[self.theta])
-        o_BxSxNxH = attend(q_BxSxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS)
-        return self.out(o_BxSxNxH.reshape(b, s, cfg.hidden))
+            q_BxQxNxH, k_BxSxNxH = rope(q_BxQxNxH, rotations[self.theta]), rope(k_BxSxNxH, rotations[self.theta])
+        if queries_BxQ is not None:
+            q_BxQxNxH = rows(q_BxQxNxH, queries_BxQ)
+            mask_Bx1xSxS = rows(mask_Bx1xSxS.transpose(0, 2, 1, 3), queries_BxQ).transpose(0, 2, 1, 3)
+        o_BxQxNxH = attend(q_BxQxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS)
+        return self.out(o_BxQxNxH.reshape(b, o_BxQxNxH.shape[1], cfg.hidden))
 
 
 class MLP(nnx.Module):
@@ -213,14 +223,17 @@ class Block(nnx.Module):
         self.attn_norm = _norm(cfg, rngs) if (layer > 0 or not cfg.pre_norm) else None
         self.mlp_norm = _norm(cfg, rngs)
 
-    def __call__(self, x_BxSxD, masks, rotations):
+    def __call__(self, x_BxSxD, masks, rotations, queries_BxQ=None):
+        """[B, S, D], or [B, Q, D] at ``queries`` only: every token is still attended to, but
+        the residual stream and the MLP run on those rows alone."""
         mask = masks[self.window]
+        x_BxQxD = x_BxSxD if queries_BxQ is None else rows(x_BxSxD, queries_BxQ)
         if self.pre_norm:
             h = x_BxSxD if self.attn_norm is None else self.attn_norm(x_BxSxD)
-            x_BxSxD = x_BxSxD + self.attn(h, mask, rotations)
-            return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD))
-        x_BxSxD = self.attn_norm(x_BxSxD + self.attn(x_BxSxD, mask, rotations))
-        return self.mlp_norm(x_BxSxD + self.mlp(x_BxSxD))
+            x_BxQxD = x_BxQxD + self.attn(h, mask, rotations, queries_BxQ)
+            return x_BxQxD + self.mlp(self.mlp_norm(x_BxQxD))
+        x_BxQxD = self.attn_norm(x_BxQxD + self.attn(x_BxSxD, mask, rotations, queries_BxQ))
+        return self.mlp_norm(x_BxQxD + self.mlp(x_BxQxD))
 
 
 class Encoder(nnx.Module):
@@ -241,9 +254,12 @@ class Encoder(nnx.Module):
         self.head_norm = _norm(cfg, rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,))) if cfg.decoder_bias else None
 
-    def __call__(self, input_ids_BxS, segment_ids_BxS=None, positions_BxS=None, type_ids_BxS=None):
+    def __call__(self, input_ids_BxS, segment_ids_BxS=None, positions_BxS=None, type_ids_BxS=None,
+                 queries_BxQ=None):
         """Final hidden states [B, S, D]. Without segment ids, every token is one segment
-        except padding (``pad_token_id``), and positions count from 0."""
+        except padding (``pad_token_id``), and positions count from 0. With ``queries``, the
+        states at those positions only, [B, Q, D]: the last layer then runs its MLP, residual
+        and attention queries on those rows alone (an MLM head reads nothing else)."""
         cfg = self.cfg
         if segment_ids_BxS is None:
             segment_ids_BxS = (input_ids_BxS != cfg.pad_token_id).astype(jnp.int32)
@@ -260,9 +276,10 @@ class Encoder(nnx.Module):
         masks = {w: attention_mask(segment_ids_BxS, positions_BxS, w) for w in windows}
         thetas = {layer.attn.theta for layer in self.layers} - {None}
         rotations = {t: rotary(positions_BxS, cfg.hidden // cfg.heads, t) for t in thetas}
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x_BxSxD = layer(x_BxSxD, masks, rotations)
-        return x_BxSxD if self.final_norm is None else self.final_norm(x_BxSxD)
+        x_BxQxD = self.layers[-1](x_BxSxD, masks, rotations, queries_BxQ)
+        return x_BxQxD if self.final_norm is None else self.final_norm(x_BxQxD)
 
     def head_transform(self, hidden_BxKxD):
         """The MLM head before its tied decoder: dense -> activation -> norm."""
@@ -278,8 +295,8 @@ class Encoder(nnx.Module):
 
     def masked_hidden(self, batch: MLMBatch):
         """[B, K, D] final hidden states at the batch's masked positions."""
-        hidden_BxSxD = self(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS)
-        return jnp.take_along_axis(hidden_BxSxD, batch.mask_positions_BxK[..., None], axis=1)
+        return self(batch.input_ids_BxS, batch.segment_ids_BxS, batch.positions_BxS,
+                    queries_BxQ=batch.mask_positions_BxK)
 
     def masked_logits(self, batch: MLMBatch):
         """[B, K, V] logits at the batch's masked positions: the head runs on those states only."""

@@ -179,13 +179,14 @@ class Attention(nnx.Module):
         cfg = self.cfg
         b, s, d = x_BxSxD.shape
         qkv = self.qkv(x_BxSxD).reshape(b, s, 3, cfg.heads, d // cfg.heads)
-        q_BxQxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q_BxSxNxH, k_BxSxNxH, v_BxSxNxH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.theta is not None:
-            q_BxQxNxH, k_BxSxNxH = rope(q_BxQxNxH, rotations[self.theta]), rope(k_BxSxNxH, rotations[self.theta])
+            q_BxSxNxH, k_BxSxNxH = rope(q_BxSxNxH, rotations[self.theta]), rope(k_BxSxNxH, rotations[self.theta])
+        q_BxQxNxH, mask_Bx1xQxS = q_BxSxNxH, mask_Bx1xSxS
         if queries_BxQ is not None:
-            q_BxQxNxH = rows(q_BxQxNxH, queries_BxQ)
-            mask_Bx1xSxS = rows(mask_Bx1xSxS.transpose(0, 2, 1, 3), queries_BxQ).transpose(0, 2, 1, 3)
-        o_BxQxNxH = attend(q_BxQxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xSxS)
+            q_BxQxNxH = rows(q_BxSxNxH, queries_BxQ)
+            mask_Bx1xQxS = jnp.take_along_axis(mask_Bx1xSxS, queries_BxQ[:, None, :, None], axis=2)
+        o_BxQxNxH = attend(q_BxQxNxH, k_BxSxNxH, v_BxSxNxH, mask_Bx1xQxS)
         return self.out(o_BxQxNxH.reshape(b, o_BxQxNxH.shape[1], cfg.hidden))
 
 

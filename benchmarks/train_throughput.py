@@ -5,6 +5,9 @@ the FLOPs per token the MLM loss needs and utilization against this machine's me
 ``--compare-torch`` runs HF transformers' ModernBertForMaskedLM (PyTorch, CPU) on the same
 shapes at its fastest setting (sparse_prediction=True), in rounds interleaved with xelm's (a
 shared machine's busy spells hit both), and prints the ratio of the medians and of each round.
+PyTorch runs in a process of its own, at glibc's allocator defaults as PyTorch users run it:
+``import xelm`` changes the process's allocator (``xelm/hostmemory.py``), which would serve
+PyTorch too in this one.
 
     python benchmarks/train_throughput.py --vocab 16384 --hidden 256 --layers 4 --heads 4 \
         --ffn 512 --seq 128 --batch 32 --compare-torch
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -81,16 +87,20 @@ def xelm_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
     return step
 
 
-def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
+def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float, device: str | None = None,
+               half: bool | None = None):
     """The same for HF transformers' ModernBertForMaskedLM (PyTorch, sparse prediction), on the
-    GPU when JAX runs on one, in bf16 autocast (f32 master weights) when xelm computes in bf16."""
+    GPU when JAX runs on one, in bf16 autocast (f32 master weights) when xelm computes in bf16
+    (or as ``device`` and ``half`` say)."""
     import contextlib
 
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    half = compute_dtype(cfg) == jnp.bfloat16
+    if device is None:
+        device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if half is None:
+        half = compute_dtype(cfg) == jnp.bfloat16
     autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if half else contextlib.nullcontext
 
     torch.manual_seed(0)
@@ -123,6 +133,41 @@ def torch_step(cfg: ModelConfig, batch: int, seq: int, mask_ratio: float):
     return step
 
 
+class TorchProcess:
+    """:func:`torch_step` in a child process at glibc's allocator defaults (``XELM_MALLOC=system``),
+    driven through a pipe: ``step(n)`` runs n steps there and waits for them."""
+
+    def __init__(self, argv: list[str], device: str, half: bool):
+        env = {**os.environ, "XELM_MALLOC": "system", "JAX_PLATFORMS": "cpu"}  # JAX stays off the GPU
+        cmd = [sys.executable, __file__, *argv, "--torch-child", device, *(["--torch-half"] if half else [])]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self._read()  # warmed up
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the PyTorch process ended (exit status {self.proc.wait()})")
+        return line
+
+    def __call__(self, n: int) -> None:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve_torch_steps(cfg: ModelConfig, a) -> None:
+    """The child's side of :class:`TorchProcess`: one line per request, once its steps are done."""
+    step = torch_step(cfg, a.batch, a.seq, a.mask_ratio, a.torch_child, a.torch_half)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        step(int(line))
+        print("done", flush=True)
+
+
 def tokens_per_s(step, n: int, tokens: int) -> float:
     t = time.perf_counter()
     step(n)
@@ -153,17 +198,24 @@ def main() -> None:
                     help="the chip's datasheet peak for the compute dtype (H100/H200 dense bf16: 989), "
                          "for MFU the usual way, beside utilization of the measured matmul peak")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--torch-child", help=argparse.SUPPRESS)  # the device: this process is TorchProcess's
+    ap.add_argument("--torch-half", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
                       max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
+    if a.torch_child:
+        return serve_torch_steps(cfg, a)
     tokens = a.batch * a.seq
     steps = {"xelm": xelm_step(cfg, a.batch, a.seq, a.mask_ratio)}
     if a.compare_torch:
-        steps["torch"] = torch_step(cfg, a.batch, a.seq, a.mask_ratio)
+        device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+        steps["torch"] = TorchProcess(sys.argv[1:], device, compute_dtype(cfg) == jnp.bfloat16)
     rounds: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(a.rounds):  # interleaved, so a busy spell on a shared machine hits both sides
         for k, step in steps.items():
             rounds[k].append(tokens_per_s(step, a.steps, tokens))
+    if a.compare_torch:
+        steps["torch"].close()
     tps = float(np.median(rounds["xelm"]))
     fpt = flops_per_token(cfg, a.seq, a.mask_ratio)
     peak = matmul_peak(dtype=compute_dtype(cfg))

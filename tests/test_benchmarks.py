@@ -16,7 +16,9 @@ TINY = ["--vocab", "64", "--hidden", "16", "--layers", "2", "--heads", "2", "--f
 @pytest.mark.parametrize("script, extra, expect", [
     ("train_profile.py", ["--steps", "2", "--top", "3"], ["GEMM floor", "forward   (all)", "backward  (all)"]),
     ("train_throughput.py", ["--steps", "1", "--rounds", "1"], ["tokens/s", "utilization of that peak"]),
+    ("train_throughput.py", ["--steps", "1", "--rounds", "2", "--compare-torch"], ["HF torch", "ratio per round"]),
     ("scoring_profile.py", ["--calls", "1", "--top", "2", "--experts", "2"], ["model-tokens/s", "op class"]),
+    ("host_memory.py", ["--warmup", "1", "--steps", "1", "--rounds", "1"], ["kept/system", "faults/step"]),
 ])
 def test_train_benchmark_runs(script, extra, expect, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [script, *TINY, *extra])

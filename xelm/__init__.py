@@ -14,6 +14,10 @@ if "xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_enable_triton_gemm=false".strip()
 
 from xelm.errors import XelmError  # noqa: E402
+from xelm.hostmemory import keep_freed_memory  # noqa: E402
+
+# Before JAX starts its threads: XLA:CPU's per-run temporaries stay mapped (xelm/hostmemory.py).
+HOST_MEMORY_KEPT = keep_freed_memory()
 
 __version__ = "0.1.0"
 __all__ = ["XelmError", "__version__"]

@@ -18,6 +18,7 @@ TINY = ["--vocab", "64", "--hidden", "16", "--layers", "2", "--heads", "2", "--f
     ("train_throughput.py", ["--steps", "1", "--rounds", "1"], ["tokens/s", "utilization of that peak"]),
     ("train_throughput.py", ["--steps", "1", "--rounds", "2", "--compare-torch"], ["HF torch", "ratio per round"]),
     ("scoring_profile.py", ["--calls", "1", "--top", "2", "--experts", "2"], ["model-tokens/s", "op class"]),
+    ("gemm_shapes.py", ["--reps", "1"], ["head table gradient", "JAX/torch"]),
     ("host_memory.py", ["--warmup", "1", "--steps", "1", "--rounds", "1"], ["kept/system", "faults/step"]),
 ])
 def test_train_benchmark_runs(script, extra, expect, monkeypatch, capsys):

@@ -1,12 +1,12 @@
 """Host memory for XLA:CPU: freed memory stays in the process instead of going back to the kernel.
 
-XLA:CPU allocates each run of a compiled program's temporaries in one block (585 MB for the
-reference train step) with ``posix_memalign``, on one of its worker threads. glibc serves a block
-that large from a fresh ``mmap`` (a worker thread's arena holds at most 64 MB) and unmaps it when
-the run ends, so every step faults its whole temporary block back in, a page at a time: 160k page
-faults and about a third of a second of kernel time per step. One arena with no ``mmap`` and no
-trimming keeps those pages mapped between runs (``benchmarks/host_memory.py`` measures both).
-The price: the process keeps its peak heap resident until it exits.
+XLA:CPU allocates each run of a compiled program's temporaries in one block (hundreds of MB for a
+train step) with ``posix_memalign``, on one of its worker threads. glibc serves a block that
+large from a fresh ``mmap`` (a worker thread's arena holds at most 64 MB) and unmaps it when the
+run ends, so every step faults its whole temporary block back in, a page at a time, in kernel
+time. One arena with no ``mmap`` and no trimming keeps those pages mapped between runs
+(``benchmarks/host_memory.py`` measures both; figures in ``benchmarks/README.md``). The price:
+the process keeps its peak heap resident until it exits.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 KEEP = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-# glibc's defaults for the two of them that can change while threads live (for an A/B)
-GLIBC_DEFAULTS = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024))
 OPT_OUT = "XELM_MALLOC"  # "system" leaves glibc's defaults alone
 
 

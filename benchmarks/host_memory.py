@@ -19,17 +19,15 @@ import sys
 import time
 
 import numpy as np
-from train_throughput import add_shape_args, torch_step, xelm_step
+from train_throughput import add_shape_args, shape_config, torch_step, xelm_step
 
 import xelm
-from xelm.config import ModelConfig
 
 
 def measure(a) -> dict:
     """In the child, after warm-up: tokens/s; page faults, user and kernel CPU time per step (summed
     over threads: less noisy than wall time on a shared host); resident memory."""
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window)
+    cfg = shape_config(a)
     step = (xelm_step if a.side == "xelm" else torch_step)(cfg, a.batch, a.seq, a.mask_ratio)
     step(a.warmup)
     before, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -67,6 +65,8 @@ def main() -> None:
             if proc.returncode:
                 raise SystemExit(proc.stderr[-2000:])
             res = json.loads(proc.stdout.strip().splitlines()[-1])
+            if res["kept"] != (name == "kept"):  # not glibc: both processes would run one setting
+                raise SystemExit("the allocator setting did not take in the child (glibc only)")
             results[name].append(res)
             print(f"{'':{len(a.side) + 2}}{r:>5} {name:>8} {res['tokens_per_s']:>10,.0f} "
                   f"{res['faults_per_step']:>12,.0f} {res['user_ms_per_step']:>8,.0f} {res['sys_ms_per_step']:>7,.0f} "

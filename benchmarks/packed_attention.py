@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from train_throughput import add_shape_args, flops_per_token, random_batch, tokens_per_s
+from train_throughput import add_shape_args, flops_per_token, random_batch, shape_config, tokens_per_s
 
 import xelm.model as model_lib
 from xelm.batches import MLMBatch, mask_rows
@@ -145,8 +145,7 @@ def main() -> None:
         raise SystemExit("--local-window must be at least 128 here: the packed path has no window")
     max_segments = -(-a.seq // doc_len)
     check(max_segments, doc_len)
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window, dtype="bfloat16")
+    cfg = shape_config(a, "bfloat16")
     steps = {}
     for name in ("mask", "packed"):
         use_path(name, max_segments)

@@ -24,10 +24,9 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_profile import instructions, op_class, op_times  # noqa: E402
-from train_throughput import random_batch  # noqa: E402
+from train_throughput import random_batch, shape_config  # noqa: E402
 
 from routing.ensemble import label_logprobs, sequential, stack_states  # noqa: E402
-from xelm.config import ModelConfig  # noqa: E402
 from xelm.model import Encoder  # noqa: E402
 
 
@@ -39,8 +38,7 @@ def main() -> None:
     ap.add_argument("--mask-ratio", type=float, default=1 / 3)
     ap.add_argument("--top", type=int, default=0, help="also list the N costliest instructions")
     a = ap.parse_args()
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window)
+    cfg = shape_config(a)
     graphdef, state = nnx.split(Encoder(cfg, rngs=nnx.Rngs(0)))
     states = stack_states([state] * a.experts)
     batch = random_batch(np.random.default_rng(0), cfg, a.batch, a.seq, a.mask_ratio)

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from train_throughput import add_shape_args, random_batch, xelm_step
+from train_throughput import add_shape_args, random_batch, shape_config, xelm_step
 
-from xelm.config import ModelConfig
 from xelm.model import Encoder, compute_dtype, mlm_loss
 
 
@@ -35,8 +34,7 @@ def main() -> None:
     add_shape_args(ap)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     a = ap.parse_args()
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
+    cfg = shape_config(a, a.dtype)
     dt, key = compute_dtype(cfg), jax.random.key(0)
     m = int(a.batch * a.seq * a.mask_ratio)
     print(f"head GEMM [{m}, K] x [K, {a.vocab}], {jnp.dtype(dt)}:")

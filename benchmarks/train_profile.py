@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import add_shape_args, random_batch  # noqa: E402
+from train_throughput import add_shape_args, random_batch, shape_config  # noqa: E402
 
 from xelm.config import ModelConfig, Stage, TrainConfig  # noqa: E402
 from xelm.model import Encoder, compute_dtype  # noqa: E402
@@ -152,8 +152,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--rows-out", type=Path, help="write every instruction's time to this TSV file")
     a = ap.parse_args()
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
+    cfg = shape_config(a, a.dtype)
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     tc = TrainConfig(steps=10_000, warmup_steps=10)
     stages = (Stage("all", 1.0, "all", a.mask_ratio, 0.5),)

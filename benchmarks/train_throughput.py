@@ -187,6 +187,12 @@ def add_shape_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--local-window", type=int, default=128)
 
 
+def shape_config(a: argparse.Namespace, dtype: str = "auto") -> ModelConfig:
+    """The encoder of :func:`add_shape_args`' shape."""
+    return ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
+                       max_len=max(a.seq, 512), local_window=a.local_window, dtype=dtype)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(ap)
@@ -201,8 +207,7 @@ def main() -> None:
     ap.add_argument("--torch-child", help=argparse.SUPPRESS)  # the device: this process is TorchProcess's
     ap.add_argument("--torch-half", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    cfg = ModelConfig(vocab_size=a.vocab, hidden=a.hidden, layers=a.layers, heads=a.heads, ffn=a.ffn,
-                      max_len=max(a.seq, 512), local_window=a.local_window, dtype=a.dtype)
+    cfg = shape_config(a, a.dtype)
     if a.torch_child:
         return serve_torch_steps(cfg, a)
     tokens = a.batch * a.seq

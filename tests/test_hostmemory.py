@@ -1,5 +1,5 @@
-"""``import xelm`` keeps XLA:CPU's per-run temporaries mapped: a compiled program's second run
-does not fault its temporary block back in (and does with ``XELM_MALLOC=system``)."""
+"""``import xelm`` keeps XLA:CPU's per-run temporaries mapped: a compiled program's later runs
+do not fault its temporary block back in (and do with ``XELM_MALLOC=system``)."""
 
 import json
 import os

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from xelm.data import load_corpus
+# One compilation cache for this test session and every `xelm` process it starts (the CLI turns
+# it on): a program compiled by one test's subprocess loads from disk in the next. Never the
+# user's own cache, so a run of the suite neither reads nor fills it.
+os.environ["XELM_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="xelm-test-jax-cache-")
+atexit.register(shutil.rmtree, os.environ["XELM_COMPILATION_CACHE"], ignore_errors=True)
+
+from xelm.data import load_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -184,6 +184,8 @@ def test_family_expert_says_what_it_chose(tiny_expert_run, tmp_path):
     assert "--tokens 500 trained as 512" in err
     assert "no validation text" in err and "seen about" in err
     assert "ita was already in expert(s) romance-1" in err
+    # The command line keeps its compiled programs (here: the session's cache, tests/conftest.py).
+    assert any(Path(os.environ["XELM_COMPILATION_CACHE"]).glob("*-cache"))
 
     done = xelm("expert", "add", "--run-dir", str(run), "--family", "Romanse", "--tokens", "512")
     assert done.returncode == 2 and "nearest: Romance" in done.stderr

@@ -20,6 +20,11 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
     summary = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)
     assert summary["base"]["skipped"] and summary["dense"]["tokens_trained"] == 2 * 1024
     assert [h["name"] for h in summary["hmr"]] == ["hmr-por"]
+    stages, parts = summary["seconds_by_stage"], summary["evaluation_seconds_by_part"]
+    assert list(stages) == ["corpus", "tokenizer and base", "cluster plan", "experts", "dense baseline",
+                            "HMR and yardsticks", "evaluation"]
+    assert {"loading", "scoring every token", "routers", "new languages (HMR yardsticks)", "transfer"} <= set(parts)
+    assert 0 < sum(parts.values()) <= stages["evaluation"] + 0.1 * len(parts)  # parts of the stage, rounded
     report = run / "report"
     for name in ("report.md", "metrics.json", "loss_by_language.png", "improvement_vs_distance.png",
                  "routing_confusion.png", "transfer_by_family.png"):

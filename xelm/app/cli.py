@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from xelm import __version__
+from xelm.compilecache import enable_compilation_cache
 from xelm.errors import XelmError
 from xelm.faults import clean_temporaries, describe_os_error, device_error, quiet_library_threads
 
@@ -288,6 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if argv is None:  # the real command line: compiled programs are kept for its next run
+        enable_compilation_cache()
     if argv is None and not args.debug and args.command != "serve":
         quiet_library_threads()
     code = _run(args)

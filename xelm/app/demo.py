@@ -8,7 +8,6 @@ dense baseline -> HMR experts for the held-out languages -> evaluation report, w
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from experts.training import add_language, train_all, train_baseline, train_cont
 from xelm.app.console import interactive, print_json
 from xelm.app.evaluate import evaluate
 from xelm.app.report import headline_sentence
+from xelm.app.stageclock import StageClock
 from xelm.config import load_config
 from xelm.data import corpus_stats, load_corpus
 from xelm.errors import XelmError
@@ -44,27 +44,6 @@ def config_path(config: str | Path | None) -> Path:
     names = sorted(p.name[:-5] for p in resources.files("configs").iterdir() if p.name.endswith(".yaml"))
     raise XelmError(f"demo config {config} not found: pass --config FILE or one of the shipped configs "
                     f"({', '.join(names)})")
-
-
-class StageClock:
-    """Wall seconds per stage, printed at the end and kept in demo.json: where the budget goes."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - start, 1)
-
-    def table(self) -> str:
-        total = sum(self.seconds.values()) or 1.0
-        rows = [f"      {name:<26}{s:>8.1f} s {s / total:>6.1%}" for name, s in self.seconds.items()]
-        return "\n".join([f"      {'stage':<26}{'time':>10} {'share':>6}", *rows,
-                          f"      {'total':<26}{total:>8.1f} s"])
 
 
 def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str] = (),
@@ -135,9 +114,12 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
                "evaluation": {k: s[k] for k in ("equal_compute", "significant_wins", "significant_losses",
                                                 "improved_fraction", "mean_delta_loss", "mean_delta_ci")}
                | {"report": str(run.report_dir / "report.md")},
-               "seconds": round(time.perf_counter() - t0, 1), "seconds_by_stage": clock.seconds}
+               "seconds": round(time.perf_counter() - t0, 1), "seconds_by_stage": clock.seconds,
+               "evaluation_seconds_by_part": metrics.get("seconds_by_part")}
     write_json(run.demo_summary_file, summary)
     say(clock.table())
+    if metrics.get("seconds_by_part"):
+        say("      the evaluation, by part:\n" + StageClock.of(metrics["seconds_by_part"]).table(indent="        "))
     say(f"done in {summary['seconds']:.0f} s. Report: {run.report_dir / 'report.md'} "
         f"(plots beside it); run directory {run_dir}")
     return summary

@@ -36,6 +36,7 @@ from routing.scoring import every_token_table, mixture_loss
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.console import print_json
 from xelm.app.report import headline_sentence, write_report
+from xelm.app.stageclock import StageClock
 from xelm.app.transfer import article_classification, chance_levels, paragraphs, retrieval
 from xelm.config import ENSEMBLES
 from xelm.data import load_corpus
@@ -170,49 +171,55 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     ``RunDir.report_for(split)``. Validation chooses configurations; test only reports."""
     run = RunDir(run_dir)
     run_dir = run.root
-    cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs, paragraph = _held_out(run, split)
+    clock = StageClock()
+    with clock.stage("loading"):
+        cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs, paragraph = _held_out(run, split)
     say = tqdm.write if progress else (lambda *a: None)
 
     # The equal-compute comparison routes among the cluster experts only: HMR experts had extra
     # training (and are judged on their own languages below).
     cluster = [c["name"] for c in cluster_cards]
-    xelm = XELM.from_run(run_dir, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
+    with clock.stage("loading"):
+        xelm = XELM.from_run(run_dir, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
     say(f"scoring every token of {len(texts):,} {split} passages: base, dense and {len(cluster)} experts, "
         f"{int(np.ceil(1 / SCORE_MASK_RATIO))} shared mask sets")
     # One pass per mask set and model gives every model's log-probability of every token; every
     # router's mixture then follows in numpy, without running a model again.
-    xelm.pool.add("(base)", run.base())
-    xelm.pool.add("(dense)", run.dense())
-    graphdef, states = xelm.pool.stacked(("(base)", "(dense)", *cluster))
-    lp_ExNxK, w_NxK, set_K = every_token_table(graphdef, states, tok, texts, SCORE_MASK_RATIO,
-                                               max_len=PARAGRAPH_MAX_LEN, batch_tokens=xelm.batch_tokens,
-                                               progress=progress, desc=f"scoring {len(cluster) + 2} models")
+    with clock.stage("scoring every token"):
+        xelm.pool.add("(base)", run.base())
+        xelm.pool.add("(dense)", run.dense())
+        graphdef, states = xelm.pool.stacked(("(base)", "(dense)", *cluster))
+        lp_ExNxK, w_NxK, set_K = every_token_table(graphdef, states, tok, texts, SCORE_MASK_RATIO,
+                                                   max_len=PARAGRAPH_MAX_LEN, batch_tokens=xelm.batch_tokens,
+                                                   progress=progress, desc=f"scoring {len(cluster) + 2} models")
     count = w_NxK.sum(1)
     one = np.ones((len(texts), 1))
     nll = {"base": _nll(lp_ExNxK[[0]], w_NxK, set_K, one), "dense": _nll(lp_ExNxK[[1]], w_NxK, set_K, one)}
     lp_ExNxK = lp_ExNxK[2:]
 
-    ll_JxNxE, posterior = _blind_posterior(xelm, cluster, texts, lp_ExNxK, w_NxK, set_K)
-    routings = {}
-    for r, k in [(r, k) for r in routers for k in top_ks] + [SOFT]:
-        if r == "posterior":
-            per_set = [p.top_k(k) for p in posterior]
-            routings[r, k] = per_set[0]
-            nll[_name(r, k)] = _nll(lp_ExNxK, w_NxK, set_K, [p.weights for p in per_set])
-            continue
-        routings[r, k], nll[_name(r, k)] = _routed_nll(xelm, texts, r, k, langs if r == "language" else None,
-                                                       posterior, lp_ExNxK, w_NxK, set_K)
+    with clock.stage("routers"):
+        ll_JxNxE, posterior = _blind_posterior(xelm, cluster, texts, lp_ExNxK, w_NxK, set_K)
+        routings = {}
+        for r, k in [(r, k) for r in routers for k in top_ks] + [SOFT]:
+            if r == "posterior":
+                per_set = [p.top_k(k) for p in posterior]
+                routings[r, k] = per_set[0]
+                nll[_name(r, k)] = _nll(lp_ExNxK, w_NxK, set_K, [p.weights for p in per_set])
+                continue
+            routings[r, k], nll[_name(r, k)] = _routed_nll(xelm, texts, r, k, langs if r == "language" else None,
+                                                           posterior, lp_ExNxK, w_NxK, set_K)
     # Each language's own expert alone (HMR languages: their HMR expert).
     own_w = np.array([[float(own.get(lang) == name) for name in cluster] for lang in langs])
     no_own = ~own_w.any(1)
     own_w[no_own] = 1.0
     own_nll = np.where(no_own, np.nan, _nll(lp_ExNxK, w_NxK, set_K, own_w))
-    hmr_rows = {lang: [i for i, lg in enumerate(langs) if lg == lang] for lang in hmr}
-    for lang, card in hmr.items():
-        rows = hmr_rows[lang]
-        if rows:
-            lp, w, sk = _model_table(xelm.pool.get(card["name"]), tok, [texts[i] for i in rows])
-            own_nll[rows] = _nll(lp, w, sk, np.ones((len(rows), 1)))
+    with clock.stage("HMR experts"):
+        hmr_rows = {lang: [i for i, lg in enumerate(langs) if lg == lang] for lang in hmr}
+        for lang, card in hmr.items():
+            rows = hmr_rows[lang]
+            if rows:
+                lp, w, sk = _model_table(xelm.pool.get(card["name"]), tok, [texts[i] for i in rows])
+                own_nll[rows] = _nll(lp, w, sk, np.ones((len(rows), 1)))
     nll["own_expert"] = own_nll
 
     per_lang = {name: _per_language(langs, s, count) for name, s in nll.items()}
@@ -226,7 +233,8 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     # Every ensemble gets its intervals (numpy, seconds), so that validation can rank them on
     # significant losses too, not on the share improved alone (ties happen: 89.5% twice).
     ensembles = ["xelm:" + e for e in ENSEMBLES if "xelm:" + e in nll]
-    intervals = {name: _intervals(seen, rows_of, nll[name], nll["dense"], count, paragraph) for name in ensembles}
+    with clock.stage("bootstrap intervals"):
+        intervals = {name: _intervals(seen, rows_of, nll[name], nll["dense"], count, paragraph) for name in ensembles}
     cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
     level_of = {lang: _stage_of(cfg, lang) for lang in seen}
 
@@ -236,13 +244,16 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
             groups[key[lang]][lang] = v
         return {g: summarize(v, tokens_by_lang) for g, v in sorted(groups.items())}
 
-    new_langs = _new_languages(run, tok, hmr, hmr_rows, texts, langs, paragraph, nll, per_lang, count)
-    routing = _routing_accuracy(xelm, texts, langs, own, {"tfidf": routings["tfidf", 1],
-                                                          "posterior": Routing(cluster, softmax_rows(
-                                                              ll_JxNxE.mean(0)), "posterior")})
+    with clock.stage("new languages (HMR yardsticks)"):
+        new_langs = _new_languages(run, tok, hmr, hmr_rows, texts, langs, paragraph, nll, per_lang, count)
+    with clock.stage("routing accuracy"):
+        routing = _routing_accuracy(xelm, texts, langs, own, {"tfidf": routings["tfidf", 1],
+                                                              "posterior": Routing(cluster, softmax_rows(
+                                                                  ll_JxNxE.mean(0)), "posterior")})
     # The transfer probe is trained and tested on validation + test articles: a test-split figure.
-    transfer = _transfer(run, cfg, xelm, tok, set(own), progress) if split == "test" else {
-        "skipped": "zero-shot transfer is reported with the test split only"}
+    with clock.stage("transfer"):
+        transfer = _transfer(run, cfg, xelm, tok, set(own), progress) if split == "test" else {
+            "skipped": "zero-shot transfer is reported with the test split only"}
     compute = _compute(run, cluster_cards)
     by_ensemble = {name: summarize(intervals[name], tokens_by_lang) for name in ensembles}
     summary = {**by_ensemble[headline],
@@ -279,6 +290,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
         "routing": routing,
         "transfer": transfer,
         "compute": compute,
+        "seconds_by_part": clock.seconds,  # where the evaluation's time goes
     }
     write_json(run.report_for(split) / "metrics.json", metrics)
     write_report(run_dir, metrics)
@@ -501,6 +513,7 @@ def cmd_evaluate(args) -> int:
     print(headline_sentence(m))
     for name, loss in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9):
         print(f"  {name:<22}{loss:.3f}")
+    print(StageClock.of(m["seconds_by_part"]).table(indent="  "))
     print(f"report: {RunDir(args.run_dir).report_for(args.split) / 'report.md'}")
     return 0
 

@@ -1,0 +1,71 @@
+"""The command line's persistent compilation cache: a second process loads what the first
+compiled; a folder others could write into (trusted code) is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xelm.compilecache import ENV, enable_compilation_cache
+
+PROBE = """
+import json, sys
+from xelm.compilecache import enable_compilation_cache
+used = enable_compilation_cache(sys.argv[1])
+import jax, jax.numpy as jnp
+hits = []
+jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event))
+@jax.jit
+def f(x):
+    for _ in range(40):
+        x = jnp.tanh(x @ x.T) + jnp.sin(x)
+    return x
+f(jnp.ones((32, 32))).block_until_ready()
+print(json.dumps({"used": str(used), "hits": hits.count("/jax/compilation_cache/cache_hits")}))
+"""
+
+
+def _probe(folder) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "JAX_COMPILATION_CACHE_DIR")}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(folder)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path):
+    folder = tmp_path / "cache" / "jax"
+    first = _probe(folder)
+    assert first == {"used": str(folder), "hits": 0}
+    assert folder.stat().st_mode & 0o777 == 0o700 and any(folder.iterdir())
+    assert _probe(folder)["hits"] >= 1
+
+
+@pytest.mark.parametrize("make", ["open to others", "a symlink"])
+def test_a_folder_others_could_write_is_refused_in_one_line(tmp_path, capsys, make):
+    real = tmp_path / "real"
+    real.mkdir()
+    folder = real
+    if make == "open to others":
+        real.chmod(0o777)
+    else:
+        folder = tmp_path / "link"
+        folder.symlink_to(real)
+    assert enable_compilation_cache(str(folder)) is None
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder) in err and "without the compilation cache" in err
+    assert not any(real.iterdir())
+
+
+def test_off_and_the_users_own_jax_setting_are_respected(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert enable_compilation_cache("off") is None
+    monkeypatch.setenv(ENV, "off")
+    assert enable_compilation_cache() is None
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
+    assert enable_compilation_cache(str(tmp_path / "ours")) == tmp_path / "theirs"
+    assert not (tmp_path / "ours").exists()

@@ -54,6 +54,10 @@ def test_loaded_expert_differs_from_base_and_matches_checksum(tiny_expert_run):
     model = reg.load(name)
     assert checksum(model) == reg.card(name)["checksum"]
     assert checksum(load_weights(tiny_expert_run / "base" / "model")) != reg.card(name)["checksum"]
+    # Models of one config share one abstract state (traced once), never their weights: each
+    # loaded model keeps its own, however many are loaded after it.
+    models = {n: reg.load(n) for n in reg.names()}
+    assert len(models) == 2 and all(checksum(m) == reg.card(n)["checksum"] for n, m in models.items())
 
 
 def test_baseline_trains_on_all_languages_for_the_sum_of_expert_tokens(run):

@@ -71,8 +71,8 @@ def _abstract_encoder(cfg_json: str):
 
 def abstract_encoder(cfg: ModelConfig):
     """(graphdef, a fresh abstract state: shapes only) of an encoder of ``cfg``. Tracing the
-    constructor takes ~0.2 s, once per config here instead of once per expert loaded (a run's
-    experts share one)."""
+    constructor is most of the cost of loading a small expert, so it runs once per config, not
+    once per expert loaded (a run's experts share one)."""
     graphdef, abstract = _abstract_encoder(json.dumps(to_dict(cfg), sort_keys=True))
     return graphdef, jax.tree.map(lambda leaf: leaf, abstract)  # restoring fills the state in place
 

@@ -69,3 +69,13 @@ def test_off_and_the_users_own_jax_setting_are_respected(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
     assert enable_compilation_cache(str(tmp_path / "ours")) == tmp_path / "theirs"
     assert not (tmp_path / "ours").exists()
+
+
+def test_no_home_folder_is_a_note_not_a_crash(monkeypatch, capsys):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr("pathlib.Path.home", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
+    assert enable_compilation_cache() is None
+    assert "no home folder" in capsys.readouterr().err

@@ -55,8 +55,12 @@ def enable_compilation_cache(setting: str | None = None) -> Path | None:
     setting = os.environ.get(ENV) if setting is None else setting
     if setting is not None and setting.strip().lower() in OFF:
         return None
-    path = Path(setting).expanduser() if setting else default_dir()
-    reason = unsafe_reason(path)
+    try:
+        path = Path(setting).expanduser() if setting else default_dir()
+    except RuntimeError:  # no home folder to expand or to hold the default
+        path, reason = Path(setting or "~/.cache/xelm/jax"), "no home folder"
+    else:
+        reason = unsafe_reason(path)
     if reason:
         print(f"xelm: note: compiling without the compilation cache: {path}: {reason} "
               f"(set {ENV}=DIR to move it, or {ENV}=off)", file=sys.stderr)

@@ -14,6 +14,8 @@ from xelm.compilecache import ENV, enable_compilation_cache
 
 PROBE = """
 import json, sys
+if sys.argv[2] == "after jax":
+    import jax
 from xelm.compilecache import enable_compilation_cache
 used = enable_compilation_cache(sys.argv[1])
 import jax, jax.numpy as jnp
@@ -29,20 +31,21 @@ print(json.dumps({"used": str(used), "hits": hits.count("/jax/compilation_cache/
 """
 
 
-def _probe(folder) -> dict:
+def _probe(folder, when: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (ENV, "JAX_COMPILATION_CACHE_DIR")}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(folder)], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, str(folder), when], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path):
+@pytest.mark.parametrize("when", ["before jax", "after jax"])  # the environment, or jax.config
+def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path, when):
     folder = tmp_path / "cache" / "jax"
-    first = _probe(folder)
+    first = _probe(folder, when)
     assert first == {"used": str(folder), "hits": 0}
     assert folder.stat().st_mode & 0o777 == 0o700 and any(folder.iterdir())
-    assert _probe(folder)["hits"] >= 1
+    assert _probe(folder, when)["hits"] >= 1
 
 
 @pytest.mark.parametrize("make", ["open to others", "a symlink"])

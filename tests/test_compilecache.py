@@ -48,13 +48,15 @@ def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path, when):
     assert _probe(folder, when)["hits"] >= 1
 
 
-@pytest.mark.parametrize("make", ["open to others", "a symlink"])
-def test_a_folder_others_could_write_is_refused_in_one_line(tmp_path, capsys, make):
+@pytest.mark.parametrize("make", ["open to others", "a symlink", "read-only"])
+def test_a_folder_others_could_write_is_refused_in_one_line(tmp_path, capsys, monkeypatch, make):
     real = tmp_path / "real"
     real.mkdir()
     folder = real
     if make == "open to others":
         real.chmod(0o777)
+    elif make == "read-only":  # as the kernel answers a user (root may write anyway)
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
     else:
         folder = tmp_path / "link"
         folder.symlink_to(real)

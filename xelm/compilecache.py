@@ -42,6 +42,8 @@ def unsafe_reason(path: Path) -> str | None:
         return "another user owns it"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return "others can write into it"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "it is read-only"
     return None
 
 

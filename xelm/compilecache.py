@@ -4,8 +4,8 @@ instead of compiling them again.
 
 The cache is trusted code: whoever can write into it can make this process run what they wrote
 (JAX's documentation says so). So it lives in the user's own cache folder, created private
-(0700), and a folder that is a symlink, owned by someone else or writable by others is not used:
-the command then compiles as before and says why in one line. ``XELM_COMPILATION_CACHE=off``
+(0700), and a folder that is a symlink, owned by someone else, writable by others or read-only
+is not used: the command then compiles as before and says why in one line. ``XELM_COMPILATION_CACHE=off``
 turns it off, ``XELM_COMPILATION_CACHE=DIR`` moves it; a ``JAX_COMPILATION_CACHE_DIR`` the user
 set is JAX's own setting and is left alone.
 """

@@ -8,13 +8,15 @@ import shutil
 import pytest
 from conftest import ROOT, TINY_CONFIG
 
+from xelm.app.cli import main
 from xelm.app.demo import run_demo
 from xelm.app.evaluate import evaluate, evaluate_headline
 from xelm.config import load_config
 from xelm.errors import XelmError
 
 
-def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path, monkeypatch):
+def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path, monkeypatch,
+                                                    capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_expert_run, run)  # tokenizer, base, plan and experts done: the demo resumes
     summary = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)
@@ -61,7 +63,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overr
 
     # The split that chooses configurations has its own report; the test report stays as it was.
     test_bytes = (report / "metrics.json").read_bytes()
-    v = evaluate(run, progress=False, split="validation")
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run), "--split", "validation"]) == 0  # the command line
+    out = capsys.readouterr().out
+    assert "report-validation" in out and "scoring every token" in out and "transfer" in out  # time by part
+    v = json.loads((run / "report-validation" / "metrics.json").read_text())
+    assert set(v["seconds_by_part"]) >= {"loading", "scoring every token", "routers", "bootstrap intervals"}
     assert v["split"] == "validation" and (run / "report-validation" / "report.md").is_file()
     assert "validation split" in (run / "report-validation" / "report.md").read_text()
     assert v["summary"]["languages"] == 6 and v["languages"]["eng"]["dense"] != m["languages"]["eng"]["dense"]

@@ -64,8 +64,7 @@ def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _abstract_encoder(cfg_json: str):
-    cfg = from_dict(json.loads(cfg_json), ModelConfig)
+def _abstract_encoder(cfg: ModelConfig):  # a frozen dataclass: equal configs hash alike
     return nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))
 
 
@@ -73,7 +72,7 @@ def abstract_encoder(cfg: ModelConfig):
     """(graphdef, a fresh abstract state: shapes only) of an encoder of ``cfg``. Tracing the
     constructor is most of the cost of loading a small expert, so it runs once per config, not
     once per expert loaded (a run's experts share one)."""
-    graphdef, abstract = _abstract_encoder(json.dumps(to_dict(cfg), sort_keys=True))
+    graphdef, abstract = _abstract_encoder(cfg)
     return graphdef, jax.tree.map(lambda leaf: leaf, abstract)  # restoring fills the state in place
 
 

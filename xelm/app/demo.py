@@ -115,11 +115,10 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
                                                 "improved_fraction", "mean_delta_loss", "mean_delta_ci")}
                | {"report": str(run.report_dir / "report.md")},
                "seconds": round(time.perf_counter() - t0, 1), "seconds_by_stage": clock.seconds,
-               "evaluation_seconds_by_part": metrics.get("seconds_by_part")}
+               "evaluation_seconds_by_part": metrics["seconds_by_part"]}
     write_json(run.demo_summary_file, summary)
     say(clock.table())
-    if metrics.get("seconds_by_part"):
-        say("      the evaluation, by part:\n" + StageClock.of(metrics["seconds_by_part"]).table(indent="        "))
+    say("      the evaluation, by part:\n" + StageClock.of(metrics["seconds_by_part"]).table(indent="        "))
     say(f"done in {summary['seconds']:.0f} s. Report: {run.report_dir / 'report.md'} "
         f"(plots beside it); run directory {run_dir}")
     return summary

@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded corpus and one tiny tokenizer, built once per test session."""
+"""Shared fixtures: the embedded corpus and one tiny tokenizer, base and expert run, each built
+once per test session, however many pytest-xdist workers run it."""
 
 from __future__ import annotations
 
@@ -7,17 +8,38 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
-# One compilation cache for this test session and every `xelm` process it starts (the CLI turns
-# it on): a program compiled by one test's subprocess loads from disk in the next. Never the
-# user's own cache, so a run of the suite neither reads nor fills it.
-os.environ["XELM_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="xelm-test-jax-cache-")
-atexit.register(shutil.rmtree, os.environ["XELM_COMPILATION_CACHE"], ignore_errors=True)
+# One compilation cache for this test session, its workers and every `xelm` process they start:
+# a program one test compiled loads from disk wherever it is compiled again (a new trainer, a
+# subprocess). Never the user's own cache, so a run of the suite neither reads nor fills it.
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the session's first process; workers inherit it
+    os.environ["XELM_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="xelm-test-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["XELM_COMPILATION_CACHE"], ignore_errors=True)
 
+from xelm.compilecache import enable_compilation_cache  # noqa: E402
 from xelm.data import load_corpus  # noqa: E402
+
+enable_compilation_cache()
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(path)`` once per test session: the first worker to ask builds it under a file
+    lock, the others wait and reuse it (a failed build is retried from scratch by the next)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    path, done = base / name, base / f"{name}.done"
+    with FileLock(f"{path}.lock"):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +55,13 @@ def tiny_tokenizer(udhr, tmp_path_factory) -> Path:
     ``AutoTokenizer.from_pretrained``. Do not write into it (other tests share it)."""
     from xelm.tokenizer import train_tokenizer
 
-    texts: dict[str, list[str]] = {}
-    for lang, text in zip(udhr["train"]["lang"], udhr["train"]["text"]):
-        texts.setdefault(lang, []).append(text)
-    out = tmp_path_factory.mktemp("tiny_tokenizer")
-    train_tokenizer(texts, 800, out, temperature=0.3, n_chars=150_000, seed=0, show_progress=False)
-    return out
+    def build(out: Path) -> None:
+        texts: dict[str, list[str]] = {}
+        for lang, text in zip(udhr["train"]["lang"], udhr["train"]["text"]):
+            texts.setdefault(lang, []).append(text)
+        train_tokenizer(texts, 800, out, temperature=0.3, n_chars=150_000, seed=0, show_progress=False)
+
+    return built_once(tmp_path_factory, "tiny_tokenizer", build)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +87,11 @@ def tiny_base_run(tiny_tokenizer, tiny_overrides, tmp_path_factory) -> Path:
     from xelm.config import load_config
     from xelm.pretrain import pretrain
 
-    run = tmp_path_factory.mktemp("tiny_base") / "run"
-    shutil.copytree(tiny_tokenizer, run / "tokenizer")
-    pretrain(load_config(TINY_CONFIG, tiny_overrides), run, progress=False)
-    return run
+    def build(run: Path) -> None:
+        shutil.copytree(tiny_tokenizer, run / "tokenizer")
+        pretrain(load_config(TINY_CONFIG, tiny_overrides), run, progress=False)
+
+    return built_once(tmp_path_factory, "tiny_base_run", build)
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +101,9 @@ def tiny_expert_run(tiny_base_run, tmp_path_factory) -> Path:
     from clustering import plan
     from experts.training import train_all
 
-    run = tmp_path_factory.mktemp("tiny_experts") / "run"
-    shutil.copytree(tiny_base_run, run)
-    (run / "clusters.json").write_text(json.dumps(plan(EXPERT_LANGUAGES, method="typology", k=2)))
-    train_all(run, progress=False)
-    return run
+    def build(run: Path) -> None:
+        shutil.copytree(tiny_base_run, run)
+        (run / "clusters.json").write_text(json.dumps(plan(EXPERT_LANGUAGES, method="typology", k=2)))
+        train_all(run, progress=False)
+
+    return built_once(tmp_path_factory, "tiny_expert_run", build)

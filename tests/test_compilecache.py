@@ -50,7 +50,7 @@ def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path, when):
 
 @pytest.mark.parametrize("make", ["open to others", "a symlink", "read-only"])
 def test_a_folder_others_could_write_is_refused_in_one_line(tmp_path, capsys, monkeypatch, make):
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the test session's own cache
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # a user's own would win
     real = tmp_path / "real"
     real.mkdir()
     folder = real
@@ -85,3 +85,24 @@ def test_no_home_folder_is_a_note_not_a_crash(monkeypatch, capsys):
     monkeypatch.setattr("pathlib.Path.home", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
     assert enable_compilation_cache() is None
     assert "no home folder" in capsys.readouterr().err
+
+
+AGAIN = """
+import json, os, sys
+from xelm.compilecache import enable_compilation_cache
+a, b = sys.argv[1:]
+used = [str(enable_compilation_cache(a)), str(enable_compilation_cache(b)), os.environ["JAX_COMPILATION_CACHE_DIR"]]
+used.append(str(enable_compilation_cache("off")))
+print(json.dumps(used + [os.environ.get("JAX_COMPILATION_CACHE_DIR")]))
+"""
+
+
+def test_a_folder_xelm_chose_before_is_not_taken_for_the_users_own(tmp_path):
+    """Before JAX is imported the cache is set through the environment, where a second call (or a
+    child process) must not mistake it for a JAX_COMPILATION_CACHE_DIR the user set."""
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "JAX_COMPILATION_CACHE_DIR")}
+    a, b = tmp_path / "a", tmp_path / "b"
+    out = subprocess.run([sys.executable, "-c", AGAIN, str(a), str(b)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == [str(a), str(b), str(b), "None", None]

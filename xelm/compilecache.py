@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 ENV = "XELM_COMPILATION_CACHE"  # a folder, or "off"
+JAX_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own setting: the user's, unless xelm put it there
+SET_BY_XELM = "XELM_SET_JAX_COMPILATION_CACHE_DIR"  # the value xelm put there (its children see it too)
 OFF = ("off", "0", "none", "false", "")
 MIN_COMPILE_SECONDS = 0.1  # JAX's default (1 s) leaves out most of this encoder's programs
 MAX_BYTES = 2 * 1024**3  # least recently used entries go first beyond this
@@ -52,8 +54,12 @@ def enable_compilation_cache(setting: str | None = None) -> Path | None:
     :func:`default_dir`); the folder used, or None when off or refused (one line on stderr).
     Set through the environment before JAX is imported (the CLI imports it late), through
     ``jax.config`` after."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    users = os.environ.get(JAX_ENV)
+    if users and users != os.environ.get(SET_BY_XELM):
+        return Path(users)
+    if users:  # an earlier call's (this process's or a parent's): decided again below
+        for name in (JAX_ENV, SET_BY_XELM):
+            os.environ.pop(name, None)
     setting = os.environ.get(ENV) if setting is None else setting
     if setting is not None and setting.strip().lower() in OFF:
         return None
@@ -78,4 +84,5 @@ def enable_compilation_cache(setting: str | None = None) -> Path | None:
     else:
         for name, value in values.items():
             os.environ[name.upper()] = str(value)
+        os.environ[SET_BY_XELM] = str(path)
     return path

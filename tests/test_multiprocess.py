@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "udhr-tiny.yaml"
@@ -50,11 +51,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _workers(n: int, runs: str, tokenizer: Path, overrides: list[str], devices: int = 1) -> list[dict]:
+def _config(tmp_path: Path) -> Path:
+    """The tiny config with two curriculum stages of one mask ratio: a stage change within the
+    run (the resumed step is in the second) and one compiled step per process, not three."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["curriculum"] = [{"name": "first", "until": 0.5, "languages": LANGUAGES[:5], "mask_ratio": 0.3,
+                          "temperature": 0.7},
+                         {"name": "second", "until": 1.0, "languages": LANGUAGES, "mask_ratio": 0.3,
+                          "temperature": 0.5}]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _workers(n: int, runs: str, config: Path, tokenizer: Path, overrides: list[str], devices: int = 1) -> list[dict]:
     """``n`` processes of ``devices`` CPU devices each, training the ``run_dir:max_steps`` list ``runs``."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(n), str(i), port, str(TINY), str(tokenizer), runs,
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(n), str(i), port, str(config), str(tokenizer), runs,
                                *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(n)]
     outs = []
@@ -77,18 +92,20 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_pa
 
     tok = load_tokenizer(tiny_tokenizer)
     split = load_corpus("udhr", languages=LANGUAGES)["train"]
-    ref_dir = tmp_path / "reference"
-    train(load_config(TINY, overrides), TokenizedCorpus.from_texts(tok, split["lang"], split["text"]), ref_dir,
+    ref_dir, config = tmp_path / "reference", _config(tmp_path)
+    train(load_config(config, overrides), TokenizedCorpus.from_texts(tok, split["lang"], split["text"]), ref_dir,
           mask_id=tok.mask_token_id, max_steps=4, progress=False)
-    reference = [json.loads(x)["loss"] for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(reference) == 4
+    logged = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    reference = [x["loss"] for x in logged]
+    assert [x["stage"] for x in logged] == ["first", "first", "second", "second"]
 
-    pair = _workers(2, f"{tmp_path / 'pair'}:3", tiny_tokenizer, overrides)
+    pair = _workers(2, f"{tmp_path / 'pair'}:3", config, tiny_tokenizer, overrides)
     assert [o["processes"] for o in pair] == [2, 2] and pair[0]["devices"] == 2
     assert pair[0][str(tmp_path / "pair")]["losses"] == pytest.approx(reference[:3], rel=1e-4)
     # One process over two local devices: the same 4 steps from scratch, then the pair's run
     # resumed from its step-3 checkpoint.
-    (one,) = _workers(1, f"{tmp_path / 'one'}:4,{tmp_path / 'pair'}:4", tiny_tokenizer, overrides, devices=2)
+    (one,) = _workers(1, f"{tmp_path / 'one'}:4,{tmp_path / 'pair'}:4", config, tiny_tokenizer, overrides,
+                      devices=2)
     assert one["processes"] == 1 and one["devices"] == 2
     assert one[str(tmp_path / "one")]["losses"] == pytest.approx(reference, rel=1e-4)
     resumed = one[str(tmp_path / "pair")]

@@ -46,7 +46,7 @@ def texts_for(run_dir: Path, n: int) -> list[str]:
 
     langs = sorted({lang for card in run_registry(run_dir).cards() for lang in card["languages"]})
     test = load_corpus("udhr", languages=langs)["test"]
-    lines = [line.strip() for text in test["text"] for line in text.split("\n") if 20 <= len(line.strip()) <= 300]
+    lines = [line.strip() for text in test["text"][:] for line in text.split("\n") if 20 <= len(line.strip()) <= 300]
     rng = np.random.default_rng(0)
     return [lines[i] for i in rng.choice(len(lines), size=min(n, len(lines)), replace=False)]
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from clustering import uriel
 from clustering.planning import PlanResult, make_plan
-from xelm.data import load_corpus
+from xelm.data import columns, load_corpus
 from xelm.embed import language_embeddings
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
@@ -50,7 +50,7 @@ def corpus_split(corpus: str, languages: list[str], split: str) -> dict[str, lis
     wanted = set(languages)
     texts: dict[str, list[str]] = {}
     data = cached_corpus(corpus)[split]
-    for lang, text in zip(data["lang"], data["text"]):
+    for lang, text in zip(*columns(data, "lang", "text")):
         if lang in wanted:
             texts.setdefault(lang, []).append(text)
     return texts
@@ -60,7 +60,7 @@ def main_scripts(corpus: str, languages: list[str]) -> dict[str, str]:
     """Each language's most frequent script over its train rows (as the corpus records it)."""
     wanted, counts = set(languages), {}
     data = cached_corpus(corpus)["train"]
-    for lang, script, text in zip(data["lang"], data["script"], data["text"]):
+    for lang, script, text in zip(*columns(data, "lang", "script", "text")):
         if lang in wanted:
             per = counts.setdefault(lang, Counter())
             per[script] += len(text)

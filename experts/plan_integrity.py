@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from xelm.data import load_corpus
+from xelm.data import columns, load_corpus
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -55,7 +55,7 @@ def plan_languages(run: RunDir | str) -> list[str]:
     run = RunDir(run)
     cfg = run.config()
     train = load_corpus(cfg.data.corpus)["train"]
-    with_text = {lang for lang, text in zip(train["lang"], train["text"]) if text.strip()}
+    with_text = {lang for lang, text in zip(*columns(train, "lang", "text")) if text.strip()}
     chosen = set(cfg.data.languages) & with_text if cfg.data.languages else with_text
     return sorted(chosen - set(cfg.data.exclude_languages))
 
@@ -65,7 +65,7 @@ def coverage(run: RunDir, plan: dict) -> dict[str, str]:
     cfg = run.config()
     train = load_corpus(cfg.data.corpus)["train"]
     texts: dict[str, int] = {}
-    for lang, text in zip(train["lang"], train["text"]):
+    for lang, text in zip(*columns(train, "lang", "text")):
         texts[lang] = texts.get(lang, 0) + len(text.strip())
     planned = {lang for members in plan["clusters"].values() for lang in members}
     reasons = {}

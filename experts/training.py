@@ -18,7 +18,7 @@ from experts.typology import nearest_expert, typology_centroid
 from xelm.batches import VALIDATION_SEED, TokenizedCorpus, make_batch
 from xelm.config import MAX_STEPS, RunConfig, Stage, to_dict
 from xelm.curriculum import stage_index, stage_probabilities
-from xelm.data import load_corpus, texts_by_lang
+from xelm.data import columns, load_corpus, texts_by_lang
 from xelm.data.writing_systems import dominant_script
 from xelm.errors import XelmError
 from xelm.files import claim_work_folder, read_json, write_json
@@ -88,11 +88,11 @@ def interleaved(sources: list[tuple[BatchSource, int]]) -> tuple[BatchSource, in
 def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages: list[str]) -> float | None:
     """Masked-LM loss on fixed validation batches of ``languages`` (same for every model)."""
     wanted = set(languages)
-    rows = [i for i, lang in enumerate(split["lang"]) if lang in wanted]
+    rows = [i for i, lang in enumerate(split["lang"][:]) if lang in wanted]
     if not rows:
         return None
     part = split.select(rows)
-    corpus = TokenizedCorpus.from_texts(tokenizer, part["lang"], part["text"])
+    corpus = TokenizedCorpus.from_texts(tokenizer, *columns(part, "lang", "text"))
     probs = {lang: 1 / len(corpus.docs) for lang in corpus.docs}
     batches = [make_batch(corpus, probs, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                           mask_ratio=cfg.experts.mask_ratio, mask_id=tokenizer.mask_token_id,
@@ -106,13 +106,14 @@ def _budget_data(run: RunDir, languages: list[str], tokens: int, corpus_spec: st
     cfg, tok = run.config(), run.tokenizer()
     corpus = load_corpus(corpus_spec or cfg.data.corpus, languages=languages)
     split = corpus["train"]
-    present = set(split["lang"])  # once: each pass over a datasets column decodes every row
+    langs, texts = columns(split, "lang", "text")
+    present = set(langs)
     empty = [lang for lang in languages if lang not in present]
     if empty:
         raise XelmError(f"language(s) {', '.join(empty)} have no training text in corpus "
                         f"{corpus_spec or cfg.data.corpus}")
     bcfg = budget_config(cfg, languages, tokens)
-    tokenized = TokenizedCorpus.from_texts(tok, split["lang"], split["text"])
+    tokenized = TokenizedCorpus.from_texts(tok, langs, texts)
     return corpus, tokenized, bcfg, budget_batches(bcfg, tokenized, tok.mask_token_id)
 
 

@@ -20,6 +20,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 from routing.language import LanguageRouter
 from routing.routes import Routing, softmax_rows
 from routing.runfiles import corpus_split, read_meta, router_dir, write_meta
+from xelm.data import columns
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -105,9 +106,9 @@ def load_or_fit(run_dir: str | Path, languages: list[str] | None = None) -> Lang
     if meta and meta.get("corpus") == corpus and (languages is None or sorted(languages) == meta["languages"]):
         return LangId.load(path)
     train = corpus_split(run_dir, "train", languages)
-    model = LangId.fit(train["text"], train["lang"])
+    model = LangId.fit(*columns(train, "text", "lang"))
     test = corpus_split(run_dir, "test", model.languages)
-    accuracy = model.accuracy(test["text"], test["lang"])
+    accuracy = model.accuracy(*columns(test, "text", "lang"))
     model.save(path, {"corpus": corpus, "test_accuracy": accuracy, "test_texts": len(test)})
     return model
 

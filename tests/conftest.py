@@ -62,7 +62,7 @@ def tiny_tokenizer(udhr, tmp_path_factory) -> Path:
 
     def build(out: Path) -> None:
         texts: dict[str, list[str]] = {}
-        for lang, text in zip(udhr["train"]["lang"], udhr["train"]["text"]):
+        for lang, text in zip(udhr["train"]["lang"][:], udhr["train"]["text"][:]):
             texts.setdefault(lang, []).append(text)
         train_tokenizer(texts, 800, out, temperature=0.3, n_chars=150_000, seed=0, show_progress=False)
 
@@ -87,14 +87,17 @@ def tiny_overrides(tiny_tokenizer) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_base_run(tiny_tokenizer, tiny_overrides, tmp_path_factory) -> Path:
-    """A run directory with the tiny base encoder pre-trained to the end (30 steps).
+    """A run directory with the tiny base encoder pre-trained to the end (30 steps) and the
+    language identifier fitted (``DIR/router/langid``).
     Read-only for tests: copy it (``shutil.copytree``) before writing into it."""
+    from routing.langid import load_or_fit
     from xelm.config import load_config
     from xelm.pretrain import pretrain
 
     def build(run: Path) -> None:
         shutil.copytree(tiny_tokenizer, run / "tokenizer")
         pretrain(load_config(TINY_CONFIG, tiny_overrides), run, progress=False)
+        load_or_fit(run)  # the language identifier, fitted once here rather than in every copy that routes
 
     return built_once(tmp_path_factory, "tiny_base_run", build)
 

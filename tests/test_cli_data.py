@@ -32,7 +32,7 @@ def small_corpus(udhr, tmp_path_factory):
     root = tmp_path_factory.mktemp("small_corpus")
     texts: dict[str, dict[str, list[str]]] = {}  # lang -> tag -> texts
     for split in udhr.values():
-        for lang, tag, text in zip(split["lang"], split["tag"], split["text"]):
+        for lang, tag, text in zip(split["lang"][:], split["tag"][:], split["text"][:]):
             if lang in LANGS:
                 texts.setdefault(lang, {}).setdefault(tag, []).append(text)
     for lang, by_tag in texts.items():

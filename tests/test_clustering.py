@@ -38,7 +38,7 @@ def texts() -> dict[str, list[str]]:
     """UDHR train texts per language."""
     out: dict[str, list[str]] = {}
     train = load_corpus("udhr")["train"]
-    for lang, text in zip(train["lang"], train["text"]):
+    for lang, text in zip(train["lang"][:], train["text"][:]):
         out.setdefault(lang, []).append(text)
     return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from xelm.batches import TokenizedCorpus
 from xelm.config import RunConfig
 from xelm.curriculum import stage_languages
-from xelm.data import load_corpus, texts_by_lang
+from xelm.data import columns, load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.files import write_json
 from xelm.rundir import RunDir
@@ -49,14 +49,14 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, 
             return {**summary, "skipped": True}
     # Everything the config names is checked before the run directory is created.
     full = load_corpus(cfg.data.corpus)
-    langs = training_languages(cfg, sorted(set(full["train"]["lang"])))
+    langs = training_languages(cfg, sorted(set(full["train"]["lang"][:])))
     corpus = load_corpus(cfg.data.corpus, languages=langs)
     for stage in cfg.curriculum:
         stage_languages(stage, langs)
     run.prepare(cfg)
     tok = ensure_tokenizer(cfg, run, corpus, progress)
     train_split = corpus["train"]
-    tokenized = TokenizedCorpus.from_texts(tok, train_split["lang"], train_split["text"])
+    tokenized = TokenizedCorpus.from_texts(tok, *columns(train_split, "lang", "text"))
     result = train(cfg, tokenized, run.base_dir, mask_id=tok.mask_token_id, max_steps=max_steps,
                    progress=progress, desc="pretrain")
     if result.step >= cfg.train.steps:

@@ -9,7 +9,7 @@ import numpy as np
 
 from xelm.app.console import interactive, print_json
 from xelm.config import apply_overrides, from_dict, load_config, to_dict
-from xelm.data import corpus_stats, load_corpus, texts_by_lang
+from xelm.data import columns, corpus_stats, load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.pretrain import pretrain
 from xelm.rundir import RunDir
@@ -52,7 +52,7 @@ def cmd_tokenizer_stats(args) -> int:
     split = load_corpus(args.corpus)[args.split]
     if not len(split):
         raise XelmError(f"corpus {args.corpus!r} has no {args.split} split: choose another with --split")
-    stats = tokenizer_stats(tok, split["text"], split["lang"], split["script"], progress=interactive(args))
+    stats = tokenizer_stats(tok, *columns(split, "text", "lang", "script"), progress=interactive(args))
     plot = plot_fertility(stats, Path(args.dir) / "fertility_by_script.png")
     worst = max(stats, key=lambda k: stats[k]["unk_rate"])
     summary = {

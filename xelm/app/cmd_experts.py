@@ -13,7 +13,7 @@ from experts.registry import check_name, run_registry
 from experts.training import add_language, train_all, train_baseline, train_expert, train_family_expert
 from xelm.app.console import print_json
 from xelm.app.langargs import listed, note, resolve_languages, warn
-from xelm.data import load_corpus
+from xelm.data import columns, load_corpus
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -106,7 +106,7 @@ def _train_family(args) -> dict:
 def _corpus_languages(corpus: str) -> set[str]:
     """The languages with training text in ``corpus``: those a ``--family`` may resolve to."""
     train = load_corpus(corpus)["train"]
-    return {lang for lang, text in zip(train["lang"], train["text"]) if text.strip()}
+    return {lang for lang, text in zip(*columns(train, "lang", "text")) if text.strip()}
 
 
 def cmd_add(args) -> int:
@@ -160,7 +160,7 @@ REPEAT_WARN = 10  # a budget that reads the corpus more times than this mostly m
 
 def _repetition_warning(run: RunDir, card: dict, corpus: str) -> None:
     split = load_corpus(corpus, languages=card["languages"])["train"]
-    have = sum(len(ids) for ids in run.tokenizer()(list(split["text"]), add_special_tokens=False)["input_ids"])
+    have = sum(len(ids) for ids in run.tokenizer()(split["text"][:], add_special_tokens=False)["input_ids"])
     trained = card.get("tokens_trained", 0)
     if have and trained > REPEAT_WARN * have:
         warn(f"{card['name']}: {trained:,} tokens trained from a corpus of {have:,} tokens ({corpus}): each text "

@@ -39,7 +39,7 @@ from xelm.app.report import headline_sentence, write_report
 from xelm.app.stageclock import StageClock
 from xelm.app.transfer import article_classification, chance_levels, paragraphs, retrieval
 from xelm.config import ENSEMBLES
-from xelm.data import load_corpus
+from xelm.data import columns, load_corpus
 from xelm.embed import embed_texts
 from xelm.errors import XelmError
 from xelm.files import write_json
@@ -155,9 +155,9 @@ def _held_out(run: RunDir, split: str):
         raise XelmError(f"no dense baseline in {run.baseline_dir}: run `xelm baseline --run-dir {run_dir}` first")
     check_dense_matches(run, plan, cluster_cards, run.dense_summary())
     test = load_corpus(cfg.data.corpus, languages=None)[split]
-    keep = [i for i, lang in enumerate(test["lang"]) if lang in own or lang in hmr]
+    keep = [i for i, lang in enumerate(test["lang"][:]) if lang in own or lang in hmr]
     test = test.select(keep)
-    texts, langs = paragraphs(test["lang"], test["text"])  # short, each a natural unit of the article
+    texts, langs = paragraphs(*columns(test, "lang", "text"))  # short, each a natural unit of the article
     texts, paragraph = passages(tok, texts, PARAGRAPH_MAX_LEN)  # the long ones cut: every token is scored
     langs = [langs[i] for i in paragraph]
     if not texts:
@@ -450,7 +450,7 @@ def _transfer(run: RunDir, cfg, xelm, tok, languages: set[str], progress: bool =
     rows: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for split in ("validation", "test"):
         part = corpus[split]
-        for lang, unit, text in zip(part["lang"], part["unit"], part["text"]):
+        for lang, unit, text in zip(*columns(part, "lang", "unit", "text")):
             if lang in languages or lang == "eng":
                 rows[lang][0].append(unit)
                 rows[lang][1].append(text)

@@ -20,10 +20,10 @@ from filelock import FileLock
 if "PYTEST_XDIST_WORKER" not in os.environ:  # the session's first process; workers inherit it
     os.environ["XELM_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="xelm-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["XELM_COMPILATION_CACHE"], ignore_errors=True)
-    # The tests' programs are tiny: compiling them costs far more than running them. LLVM at -O0
-    # compiles XLA's kernels in about two thirds of the time; XLA's own optimizations (fusion,
-    # layout, simplification) are unchanged, floats may differ from a default build's in the last
-    # bits (no FMA contraction), and no test depends on those bits. Subprocesses inherit it.
+    # The tests' programs are tiny: compiling them costs far more than running them, and LLVM at
+    # -O0 compiles XLA's kernels much sooner. XLA's own optimizations (fusion, layout,
+    # simplification) are unchanged; floats may differ from a default build's in the last bits,
+    # and no test depends on those bits. Subprocesses inherit it (README, "Layout": the figures).
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
 from xelm.compilecache import enable_compilation_cache  # noqa: E402

@@ -225,7 +225,7 @@ def _hub_table(name: str) -> pa.Table:
 
 def columns(split, *names: str) -> tuple[list, ...]:
     """The named columns of a split as lists, each read from Arrow at once: iterating a
-    ``datasets`` column decodes it row by row, some thirty times slower."""
+    ``datasets`` column instead decodes and formats it row by row, many times slower."""
     return tuple(split[name][:] for name in names)
 
 

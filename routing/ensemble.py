@@ -43,10 +43,8 @@ def over_experts(fn, states_E, one_by_one: bool):
     return jax.lax.map(fn, states_E) if one_by_one else jax.vmap(fn)(states_E)
 
 
-@jax.jit
 def mixture_logprobs(logp_ExBx_, logw_BxE):
-    """log Σ_e w_be p_e(.) for per-expert log-probabilities [E, B, ...] and log-weights [B, E]
-    (jitted: called on host tables too, where op-by-op dispatch compiles each op per shape)."""
+    """log Σ_e w_be p_e(.) for per-expert log-probabilities [E, B, ...] and log-weights [B, E]."""
     logw_ExB = logw_BxE.T
     logw_ExBx_ = logw_ExB.reshape(logw_ExB.shape + (1,) * (logp_ExBx_.ndim - 2))
     return jax.nn.logsumexp(logw_ExBx_ + logp_ExBx_, axis=0)

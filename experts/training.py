@@ -88,11 +88,11 @@ def interleaved(sources: list[tuple[BatchSource, int]]) -> tuple[BatchSource, in
 def validation_loss(model: Encoder, tokenizer, split, cfg: RunConfig, languages: list[str]) -> float | None:
     """Masked-LM loss on fixed validation batches of ``languages`` (same for every model)."""
     wanted = set(languages)
-    rows = [i for i, lang in enumerate(split["lang"][:]) if lang in wanted]
+    langs, texts = columns(split, "lang", "text")
+    rows = [i for i, lang in enumerate(langs) if lang in wanted]
     if not rows:
         return None
-    part = split.select(rows)
-    corpus = TokenizedCorpus.from_texts(tokenizer, *columns(part, "lang", "text"))
+    corpus = TokenizedCorpus.from_texts(tokenizer, [langs[i] for i in rows], [texts[i] for i in rows])
     probs = {lang: 1 / len(corpus.docs) for lang in corpus.docs}
     batches = [make_batch(corpus, probs, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                           mask_ratio=cfg.experts.mask_ratio, mask_id=tokenizer.mask_token_id,

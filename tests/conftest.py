@@ -58,13 +58,11 @@ def tiny_tokenizer(udhr, tmp_path_factory) -> Path:
     """Directory of a Unigram tokenizer (vocab 800, byte fallback) trained on ~150k characters
     of temperature-sampled UDHR train text; load it with ``xelm.tokenizer.load_tokenizer`` or
     ``AutoTokenizer.from_pretrained``. Do not write into it (other tests share it)."""
+    from xelm.data import texts_by_lang
     from xelm.tokenizer import train_tokenizer
 
     def build(out: Path) -> None:
-        texts: dict[str, list[str]] = {}
-        for lang, text in zip(udhr["train"]["lang"][:], udhr["train"]["text"][:]):
-            texts.setdefault(lang, []).append(text)
-        train_tokenizer(texts, 800, out, temperature=0.3, n_chars=150_000, seed=0, show_progress=False)
+        train_tokenizer(texts_by_lang(udhr["train"]), 800, out, temperature=0.3, n_chars=150_000, seed=0, show_progress=False)
 
     return built_once(tmp_path_factory, "tiny_tokenizer", build)
 

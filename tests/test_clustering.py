@@ -19,7 +19,7 @@ from clustering.methods import balanced_assignment, balanced_kmeans, purity
 from clustering.naming import cluster_names, dominant_group
 from clustering.typology import WEIGHTS, typology_distances
 from xelm.app.cli import build_parser, dispatch
-from xelm.data import load_corpus
+from xelm.data import load_corpus, texts_by_lang
 from xelm.errors import XelmError
 
 FAMILIES = {
@@ -36,11 +36,7 @@ MIXED = list(FAMILY_OF)
 @pytest.fixture(scope="module")
 def texts() -> dict[str, list[str]]:
     """UDHR train texts per language."""
-    out: dict[str, list[str]] = {}
-    train = load_corpus("udhr")["train"]
-    for lang, text in zip(train["lang"][:], train["text"][:]):
-        out.setdefault(lang, []).append(text)
-    return out
+    return texts_by_lang(load_corpus("udhr")["train"])
 
 
 def _purity(result) -> float:

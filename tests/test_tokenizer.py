@@ -8,6 +8,7 @@ import unicodedata
 import pytest
 from transformers import AutoTokenizer
 
+from xelm.data import texts_by_lang
 from xelm.errors import XelmError
 from xelm.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS, load_tokenizer, plot_fertility, tokenizer_stats, train_tokenizer
 
@@ -100,10 +101,8 @@ def test_load_errors(tmp_path):
 
 def test_deterministic(udhr, tmp_path):
     """The same text and seed give the same tokenizer file (HF's trainer alone does not)."""
-    texts = {}
-    for lang, text in zip(udhr["train"]["lang"][:], udhr["train"]["text"][:]):
-        if lang in ("eng", "fra", "rus", "hin", "cmn", "amh"):
-            texts.setdefault(lang, []).append(text)
+    texts = {lang: t for lang, t in texts_by_lang(udhr["train"]).items()
+             if lang in ("eng", "fra", "rus", "hin", "cmn", "amh")}
     for run in ("a", "b"):
         train_tokenizer(texts, 600, tmp_path / run, n_chars=40_000, seed=3, show_progress=False)
     assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()

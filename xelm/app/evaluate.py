@@ -154,10 +154,10 @@ def _held_out(run: RunDir, split: str):
     if not run.has_dense():
         raise XelmError(f"no dense baseline in {run.baseline_dir}: run `xelm baseline --run-dir {run_dir}` first")
     check_dense_matches(run, plan, cluster_cards, run.dense_summary())
-    test = load_corpus(cfg.data.corpus, languages=None)[split]
-    keep = [i for i, lang in enumerate(test["lang"][:]) if lang in own or lang in hmr]
-    test = test.select(keep)
-    texts, langs = paragraphs(*columns(test, "lang", "text"))  # short, each a natural unit of the article
+    all_langs, all_texts = columns(load_corpus(cfg.data.corpus, languages=None)[split], "lang", "text")
+    keep = [i for i, lang in enumerate(all_langs) if lang in own or lang in hmr]
+    # short, each a natural unit of the article
+    texts, langs = paragraphs([all_langs[i] for i in keep], [all_texts[i] for i in keep])
     texts, paragraph = passages(tok, texts, PARAGRAPH_MAX_LEN)  # the long ones cut: every token is scored
     langs = [langs[i] for i in paragraph]
     if not texts:

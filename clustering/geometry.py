@@ -9,7 +9,6 @@ differs between languages.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score
 
 from clustering.methods import agglomerative, balanced_agglomerative
 from xelm.errors import XelmError
@@ -61,6 +60,8 @@ def compare_with_typology(languages: list[str], model_d: np.ndarray, model_label
     A pair's "surprise" is its rank percentile among typology distances minus that among model
     distances; we list the most surprising pairs among the model's closest tenth.
     """
+    from sklearn.metrics import adjusted_rand_score
+
     n = len(languages)
     out = {"adjusted_rand_index": float(adjusted_rand_score(typology_labels, model_labels)),
            "close_in_model_not_typology": []}

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import CountVectorizer
 
 from clustering.methods import balanced_kmeans, kmeans
 from xelm.errors import XelmError
@@ -45,6 +44,7 @@ class TfidfSpace:
             ngram_range: tuple[int, int] = NGRAMS, seed: int = 0) -> tuple[TfidfSpace, np.ndarray]:
         """Fit on documents (e.g. one per language); returns the space and the documents' vectors."""
         from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import CountVectorizer
 
         if not documents or not any(d.strip() for d in documents):
             raise XelmError("TF-IDF needs text: every document given is empty")
@@ -86,6 +86,8 @@ class TfidfSpace:
         """[n, D] unit vectors of texts in the SVD space."""
         cached = self._built.get("counter")
         if cached is None or cached[0] is not self.vocabulary:
+            from sklearn.feature_extraction.text import CountVectorizer
+
             counter = CountVectorizer(analyzer="char_wb", ngram_range=self.ngram_range,
                                       vocabulary={g: i for i, g in enumerate(self.vocabulary)}, dtype=np.float64)
             cached = self._built["counter"] = (self.vocabulary, counter)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import CountVectorizer
 
 from routing.language import LanguageRouter
 from routing.routes import Routing, softmax_rows
@@ -32,6 +31,8 @@ ALPHA = 0.01
 class LangId:
     def __init__(self, vocabulary: list[str], languages: list[str], counts_LxF: sparse.csr_matrix,
                  alpha: float = ALPHA, ngram_range=NGRAMS):
+        from sklearn.feature_extraction.text import CountVectorizer  # scikit-learn only where used: start-up time
+
         self.vocabulary, self.languages, self.alpha, self.ngram_range = vocabulary, languages, alpha, tuple(ngram_range)
         self.counts_LxF = counts_LxF.tocsr()
         self._log1p_LxF = self.counts_LxF.copy()
@@ -45,6 +46,8 @@ class LangId:
     def fit(cls, texts: list[str], langs: list[str], alpha: float = ALPHA) -> LangId:
         if not texts:
             raise XelmError("language identification needs training text: the corpus train split is empty")
+        from sklearn.feature_extraction.text import CountVectorizer
+
         vec = CountVectorizer(analyzer="char_wb", ngram_range=NGRAMS, max_features=MAX_FEATURES, dtype=np.float64)
         x_NxF = vec.fit_transform(texts)
         vocabulary = [None] * len(vec.vocabulary_)

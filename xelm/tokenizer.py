@@ -12,14 +12,17 @@ import json
 import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerFast
 
 from xelm.data.sampling import sample_texts
 from xelm.errors import XelmError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast  # imported where used: seconds of every command's start-up
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
@@ -81,6 +84,8 @@ def train_tokenizer(texts_by_lang: dict[str, list[str]], vocab_size: int, out_di
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=8192)
@@ -134,6 +139,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         config = json.loads((path / "tokenizer_config.json").read_text())
     except (OSError, ValueError):
         config = {}  # AutoTokenizer says what is wrong
+    from transformers import PreTrainedTokenizerFast
+
     try:
         if isinstance(config, dict) and config.get("tokenizer_class") in OWN_CLASSES:
             return PreTrainedTokenizerFast.from_pretrained(str(path))

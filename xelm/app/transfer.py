@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 EmbedFn = Callable[[list[str], str], np.ndarray]  # (texts, language) -> [n, d] embeddings
 
@@ -46,6 +45,8 @@ def _centred(x: np.ndarray) -> np.ndarray:
 def article_classification(embed: EmbedFn, rows: dict[str, tuple[list[str], list[str]]],
                            source: str = "eng") -> dict[str, float]:
     """Accuracy per target language of an English-trained probe; ``rows[lang] = (units, texts)``."""
+    from sklearn.linear_model import LogisticRegression
+
     x_t, y = paragraphs(*rows[source])
     probe = LogisticRegression(max_iter=2000, C=10.0).fit(_centred(embed(x_t, source)), y)
     out = {}

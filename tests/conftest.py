@@ -7,7 +7,11 @@ import atexit
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,3 +117,21 @@ def tiny_expert_run(tiny_base_run, tmp_path_factory) -> Path:
         train_all(run, progress=False)
 
     return built_once(tmp_path_factory, "tiny_expert_run", build)
+
+
+def start_xelm(argv: list[str], log: Path) -> subprocess.Popen:
+    """``python -m xelm ARGV`` as a real process of its own session, its output into ``log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "xelm", *argv], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=env, cwd=ROOT, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 300) -> None:
+    """SIGKILL the process (no clean-up of any kind) as soon as ``ready()``."""
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"the process ended before it could be killed:\n{log.read_text()[-3000:]}"
+        assert time.time() - t0 < timeout, "timed out waiting to kill"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, TINY_CONFIG
+from conftest import EXPERT_LANGUAGES, ROOT, TINY_CONFIG, kill_when, start_xelm
 
+from clustering import plan
+from experts.registry import Registry
 from xelm.app.cli import main
 from xelm.app.demo import run_demo
 from xelm.app.evaluate import evaluate, evaluate_headline
@@ -15,11 +20,45 @@ from xelm.config import load_config
 from xelm.errors import XelmError
 
 
-def test_demo_runs_every_stage_and_writes_the_report(tiny_expert_run, tiny_overrides, tmp_path, monkeypatch,
-                                                    capsys):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_expert_run, run)  # tokenizer, base, plan and experts done: the demo resumes
-    summary = run_demo(TINY_CONFIG, run, tiny_overrides, progress=False)
+@pytest.fixture(scope="module")
+def demo(tiny_base_run, tiny_overrides, tmp_path_factory) -> SimpleNamespace:
+    """One tiny demo for this module: killed (-9) as soon as its first expert is registered, the
+    registry's experts loaded, then run again to the end (``xelm demo --json`` in this process)."""
+    root = tmp_path_factory.mktemp("demo")
+    run, log = root / "run", root / "log"
+    shutil.copytree(tiny_base_run, run)  # tokenizer and base done
+    (run / "clusters.json").write_text(json.dumps(plan(EXPERT_LANGUAGES, method="typology", k=2)))
+    argv = ["demo", "--config", str(TINY_CONFIG), "--run-dir", str(run), *tiny_overrides]
+    registry = Registry(run / "registry")
+
+    def first_expert_registered() -> bool:
+        return (run / "registry" / "index.json").exists() and len(registry.names()) >= 1
+
+    kill_when(start_xelm(argv, log), first_expert_registered, log)
+    killed = SimpleNamespace(finished=(run / "demo.json").exists(), log=log.read_text(), cards=registry.cards())
+    for card in killed.cards:
+        registry.load(card["name"])  # complete, checksum verified (raises otherwise)
+    killed.written = {c["name"]: (run / "registry" / c["name"] / "card.json").stat().st_mtime_ns for c in killed.cards}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*argv, "--json"])
+    return SimpleNamespace(run=run, killed=killed, code=code, summary=json.loads(out.getvalue()))
+
+
+def test_killed_demo_leaves_a_consistent_registry_and_resumes(demo):
+    """Kill -9 the demo while it trains experts: the registry lists only complete experts, each
+    loads and matches its checksum; the re-run trains the rest and finishes the pipeline."""
+    killed, registry = demo.killed, demo.run / "registry"
+    assert not killed.finished and killed.cards  # killed mid-way, after its first expert
+    assert "[4/7] experts" in killed.log and "step/s" not in killed.log, killed.log  # a log file: no progress bars
+    assert demo.code == 0
+    assert len(demo.summary["experts"]) == 2 and demo.summary["evaluation"]["improved_fraction"] is not None
+    assert all((registry / n / "card.json").stat().st_mtime_ns == t for n, t in killed.written.items()), \
+        "a complete expert was trained again"
+
+
+def test_demo_runs_every_stage_and_writes_the_report(demo, tiny_overrides, monkeypatch, capsys):
+    run, summary = demo.run, demo.summary  # tokenizer, base and plan were done: the demo resumed
     assert summary["base"]["skipped"] and summary["dense"]["tokens_trained"] == 2 * 1024
     assert [h["name"] for h in summary["hmr"]] == ["hmr-por"]
     stages, parts = summary["seconds_by_stage"], summary["evaluation_seconds_by_part"]

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import EXPERT_LANGUAGES, TINY_CONFIG
+from conftest import TINY_CONFIG, kill_when, start_xelm
 
-from clustering import plan
 from experts.registry import Registry
 from xelm.app.cli import main
 
@@ -126,23 +122,6 @@ def test_a_mistake_is_one_line_and_changes_nothing(case, run, scratch, capsys):
 
 
 # --------------------------------------------------------------------------- real kills
-def _start(argv: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "xelm", *argv], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env, cwd=ROOT, start_new_session=True)
-
-
-def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 300) -> None:
-    """SIGKILL the process (no clean-up of any kind) as soon as ``ready()``."""
-    t0 = time.time()
-    while not ready():
-        assert proc.poll() is None, f"the process ended before it could be killed:\n{log.read_text()[-3000:]}"
-        assert time.time() - t0 < timeout, "timed out waiting to kill"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _steps(ckpt_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()) if ckpt_dir.exists() else []
 
@@ -154,8 +133,8 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_loss(tmp_path, tiny_bas
     shutil.copytree(tiny_base_run / "tokenizer", run / "tokenizer")
     argv = ["pretrain", "--config", str(TINY_CONFIG), "--run-dir", str(run), *tiny_overrides,
             "train.checkpoint_every=5"]
-    proc = _start(argv, tmp_path / "log")
-    _kill_when(proc, lambda: _steps(run / "base" / "checkpoints"), tmp_path / "log")
+    proc = start_xelm(argv, tmp_path / "log")
+    kill_when(proc, lambda: _steps(run / "base" / "checkpoints"), tmp_path / "log")
     kept = _steps(run / "base" / "checkpoints")
     assert kept and kept[-1] < 30, kept
     assert main([*argv, "--json"]) == 0
@@ -165,31 +144,6 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_loss(tmp_path, tiny_bas
     assert summary["loss"] == uninterrupted["loss"]
     steps = [json.loads(line)["step"] for line in (run / "base" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "the metrics log repeats steps after the resume"
-
-
-def test_killed_demo_leaves_a_consistent_registry_and_resumes(tmp_path, tiny_base_run, tiny_overrides, capsys):
-    """Kill -9 the demo while it trains experts: the registry lists only complete experts, each
-    loads and matches its checksum; the re-run trains the rest and finishes the pipeline."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_base_run, run)
-    (run / "clusters.json").write_text(json.dumps(plan(EXPERT_LANGUAGES, method="typology", k=2)))
-    argv = ["demo", "--config", str(TINY_CONFIG), "--run-dir", str(run), *tiny_overrides]
-    proc = _start(argv, tmp_path / "log")
-    registry = Registry(run / "registry")
-    _kill_when(proc, lambda: (run / "registry" / "index.json").exists() and len(registry.names()) >= 1,
-               tmp_path / "log")
-    assert not (run / "demo.json").exists()  # killed mid-way
-    log = (tmp_path / "log").read_text()
-    assert "[4/7] experts" in log and "step/s" not in log, log  # a log file: stage lines, no progress bars
-    first = registry.cards()
-    for card in first:
-        registry.load(card["name"])  # complete, checksum verified
-    written = {c["name"]: (run / "registry" / c["name"] / "card.json").stat().st_mtime_ns for c in first}
-    assert main([*argv, "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert len(summary["experts"]) == 2 and summary["evaluation"]["improved_fraction"] is not None
-    assert all((run / "registry" / n / "card.json").stat().st_mtime_ns == t for n, t in written.items()), \
-        "a complete expert was trained again"
 
 
 READER = """
@@ -213,7 +167,7 @@ def test_concurrent_expert_training_against_one_registry(tmp_path, tiny_expert_r
     clusters = list(json.loads((run / "clusters.json").read_text())["clusters"])
     reader = subprocess.Popen([sys.executable, "-c", READER, str(run / "registry"), str(tmp_path / "stop")], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    writers = [_start(["expert", "train", "--run-dir", str(run), "--cluster", c], tmp_path / f"log-{c}")
+    writers = [start_xelm(["expert", "train", "--run-dir", str(run), "--cluster", c], tmp_path / f"log-{c}")
                for c in clusters]
     for c, w in zip(clusters, writers):
         assert w.wait(timeout=300) == 0, (tmp_path / f"log-{c}").read_text()[-3000:]

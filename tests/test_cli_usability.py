@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from clustering.uriel import family_members, family_node
-from xelm.app.cli import dispatch, parse_args
+from xelm.app.cli import dispatch, main, parse_args
 from xelm.app.textio import read_inputs
 from xelm.errors import XelmError
 from xelm.languages import parse_language_list, to_iso3
@@ -163,7 +163,7 @@ def test_overrides_anywhere_on_the_line():
 
 
 # --------------------------------------------------------------------------- experts, through the real CLI
-def test_family_expert_says_what_it_chose(tiny_expert_run, tmp_path):
+def test_family_expert_says_what_it_chose(tiny_expert_run, tmp_path, capsys):
     """`expert add --family` lists the languages it took and left; a rounded budget, a corpus
     read many times, missing validation text, a language already in an expert and the parent
     chosen are all said; the list stays aligned with a long name."""
@@ -188,10 +188,12 @@ def test_family_expert_says_what_it_chose(tiny_expert_run, tmp_path):
     # The command line keeps its compiled programs (here: the session's cache, tests/conftest.py).
     assert any(Path(os.environ["XELM_COMPILATION_CACHE"]).glob("*-cache"))
 
-    done = xelm("expert", "add", "--run-dir", str(run), "--family", "Romanse", "--tokens", "512")
-    assert done.returncode == 2 and "nearest: Romance" in done.stderr
+    capsys.readouterr()
+    assert main(["expert", "add", "--run-dir", str(run), "--family", "Romanse", "--tokens", "512"]) == 2
+    assert "nearest: Romance" in capsys.readouterr().err
 
-    listing = xelm("expert", "list", "--run-dir", str(run)).stdout.splitlines()
+    assert main(["expert", "list", "--run-dir", str(run)]) == 0
+    listing = capsys.readouterr().out.splitlines()
     col = listing[0].index("parent")  # every row's parent starts under the header, after a gap
     assert all(row[col - 2:col] == "  " and row[col] != " " for row in listing), listing
     assert any(row.startswith(name + "  ") for row in listing), listing
@@ -229,7 +231,7 @@ def test_readme_commands_parse_as_written():
 
 
 # --------------------------------------------------------------------------- family experts, progress, plots
-def test_family_expert_is_trained_outside_the_plan(tiny_expert_run, tmp_path):
+def test_family_expert_is_trained_outside_the_plan(tiny_expert_run, tmp_path, capsys):
     """`expert train --family` trains the base on the family's corpus languages and registers a
     'family' expert that the plan's integrity checks (and so the equal-compute evaluation) ignore."""
     from experts.plan_integrity import check_experts_match_plan
@@ -238,15 +240,16 @@ def test_family_expert_is_trained_outside_the_plan(tiny_expert_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_expert_run, run)
-    done = xelm("expert", "train", "--run-dir", str(run), "--family", "Germanic", "--tokens", "512", "--json")
-    assert done.returncode == 0, done.stderr
-    (card,) = json.loads(done.stdout)
+    capsys.readouterr()
+    assert main(["expert", "train", "--run-dir", str(run), "--family", "Germanic", "--tokens", "512", "--json"]) == 0
+    out, err = capsys.readouterr()
+    (card,) = json.loads(out)
     assert card["name"] == "family-germanic" and card["kind"] == "family" and card["parent"] == "base"
     assert {"eng", "deu", "nld"} <= set(card["languages"]) <= family_members("Germanic")
     assert "fra" not in card["languages"] and card["tokens_trained"] == 512
-    assert "family Germanic:" in done.stderr and "kind 'family'" in done.stderr
-    covered = [line for line in done.stderr.splitlines() if "already in expert(s)" in line]
-    assert len(covered) == 1 and "of its languages (" in covered[0] and "eng" in covered[0], done.stderr
+    assert "family Germanic:" in err and "kind 'family'" in err
+    covered = [line for line in err.splitlines() if "already in expert(s)" in line]
+    assert len(covered) == 1 and "of its languages (" in covered[0] and "eng" in covered[0], err
     cards = run_registry(run).cards()
     check_experts_match_plan(RunDir(run), RunDir(run).plan(), cards)  # the plan's experts are unchanged
     assert sorted(c["name"] for c in cards if c.get("kind") == "cluster") == sorted(RunDir(run).plan()["clusters"])
@@ -295,7 +298,7 @@ def xelm_on_terminal(*argv: str, timeout: float = 300) -> tuple[int, str, str]:
         return proc.returncode, out.read(), b"".join(chunks).decode(errors="replace")
 
 
-def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_run, tmp_path):
+def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_run, tmp_path, capsys):
     """`tokenizer stats` and `cluster` (the model method's embedding, then the plan's steps) show
     a bar where a person watches, and none under --json or when stderr is not a terminal."""
     tok = tmp_path / "tok"
@@ -303,8 +306,9 @@ def test_long_steps_show_progress_only_on_a_terminal(tiny_tokenizer, tiny_base_r
     rc, out, err = xelm_on_terminal("tokenizer", "stats", str(tok), "--split", "validation")
     assert rc == 0 and "tokenizer stats" in err and "text" in err.split("tokenizer stats", 1)[1], err
     assert "tokens/word" in out
-    done = xelm("tokenizer", "stats", str(tok), "--split", "validation")  # stderr not a terminal
-    assert done.returncode == 0 and "tokenizer stats" not in done.stderr, done.stderr
+    capsys.readouterr()
+    assert main(["tokenizer", "stats", str(tok), "--split", "validation"]) == 0  # stderr not a terminal
+    assert "tokenizer stats" not in capsys.readouterr().err
 
     plan = tmp_path / "model-plan.json"
     rc, out, err = xelm_on_terminal("cluster", "--run-dir", str(tiny_base_run), "--method", "model", "--k", "2",

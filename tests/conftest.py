@@ -36,6 +36,20 @@ from xelm.data import load_corpus  # noqa: E402
 enable_compilation_cache()
 
 
+# The order in which pytest-xdist hands modules to workers (`--dist=loadfile --no-loadscope-reorder`
+# in pyproject.toml): the longest first, so that no worker is left with one long module at the end;
+# the first needs the shared tiny runs and builds them, while the next ones need none and keep the
+# other worker busy meanwhile. Modules not named follow in name order.
+LONGEST_FIRST = ["test_reliability", "test_model", "test_clustering", "test_serve", "test_hf", "test_cli_usability",
+                 "test_pipeline", "test_train", "test_multiprocess", "test_benchmarks", "test_security",
+                 "test_routing", "test_experts", "test_properties", "test_evaluation"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module keeps its order
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """``build(path)`` once per test session: the first worker to ask builds it under a file
     lock, the others wait and reuse it (a failed build is retried from scratch by the next)."""

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from clustering import uriel
 from clustering.planning import PlanResult, make_plan
-from xelm.data import columns, load_corpus
+from xelm.data import columns, load_corpus, texts_by_lang
 from xelm.embed import language_embeddings
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
@@ -48,12 +48,7 @@ def needs_texts(method: str, balanced: bool, languages: list[str] | None) -> boo
 def corpus_split(corpus: str, languages: list[str], split: str) -> dict[str, list[str]]:
     """Texts per language of one split (languages the corpus lacks are simply absent)."""
     wanted = set(languages)
-    texts: dict[str, list[str]] = {}
-    data = cached_corpus(corpus)[split]
-    for lang, text in zip(*columns(data, "lang", "text")):
-        if lang in wanted:
-            texts.setdefault(lang, []).append(text)
-    return texts
+    return {lang: texts for lang, texts in texts_by_lang(cached_corpus(corpus)[split]).items() if lang in wanted}
 
 
 def main_scripts(corpus: str, languages: list[str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from xelm.data import columns, load_corpus
+from xelm.data import columns, languages_with_text, load_corpus
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -54,8 +54,7 @@ def plan_languages(run: RunDir | str) -> list[str]:
     text (or the config's ``data.languages``), except those held out for HMR."""
     run = RunDir(run)
     cfg = run.config()
-    train = load_corpus(cfg.data.corpus)["train"]
-    with_text = {lang for lang, text in zip(*columns(train, "lang", "text")) if text.strip()}
+    with_text = languages_with_text(load_corpus(cfg.data.corpus)["train"])
     chosen = set(cfg.data.languages) & with_text if cfg.data.languages else with_text
     return sorted(chosen - set(cfg.data.exclude_languages))
 

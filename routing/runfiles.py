@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from xelm.data import columns, load_corpus
+from xelm.data import load_corpus, texts_by_lang
 from xelm.data.writing_systems import char_script
 from xelm.errors import XelmError
 from xelm.files import read_json, write_json
@@ -69,8 +69,8 @@ def expert_texts(run_dir: str | Path, cards: list[dict], split: str = "train") -
         if not isinstance(spec, str):
             raise XelmError(f"an expert card names corpus {spec!r}, which is not a corpus spec; re-create the expert")
         part = load_corpus(spec, languages=sorted(langs), hub=spec == default)[split]
-        for lang, text in zip(*columns(part, "lang", "text")):
-            out.setdefault(lang, []).append(text)
+        for lang, texts in texts_by_lang(part).items():
+            out.setdefault(lang, []).extend(texts)
     return out
 
 

@@ -13,7 +13,7 @@ from experts.registry import check_name, run_registry
 from experts.training import add_language, train_all, train_baseline, train_expert, train_family_expert
 from xelm.app.console import print_json
 from xelm.app.langargs import listed, note, resolve_languages, warn
-from xelm.data import columns, load_corpus
+from xelm.data import languages_with_text, load_corpus
 from xelm.errors import XelmError
 from xelm.rundir import RunDir
 
@@ -105,8 +105,7 @@ def _train_family(args) -> dict:
 
 def _corpus_languages(corpus: str) -> set[str]:
     """The languages with training text in ``corpus``: those a ``--family`` may resolve to."""
-    train = load_corpus(corpus)["train"]
-    return {lang for lang, text in zip(*columns(train, "lang", "text")) if text.strip()}
+    return languages_with_text(load_corpus(corpus)["train"])
 
 
 def cmd_add(args) -> int:

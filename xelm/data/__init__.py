@@ -5,8 +5,9 @@ step runs where HF ``datasets`` is not installed (an accelerator image) and star
 
 import importlib
 
-_SOURCES = {"SPLITS": "corpus", "columns": "corpus", "corpus_stats": "corpus", "load_corpus": "corpus",
-            "texts_by_lang": "corpus", "language_probabilities": "sampling", "sample_texts": "sampling"}
+_SOURCES = {"SPLITS": "corpus", "columns": "corpus", "corpus_stats": "corpus", "languages_with_text": "corpus",
+            "load_corpus": "corpus", "texts_by_lang": "corpus",
+            "language_probabilities": "sampling", "sample_texts": "sampling"}
 __all__ = sorted(_SOURCES)
 
 

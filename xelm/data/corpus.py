@@ -229,6 +229,11 @@ def columns(split, *names: str) -> tuple[list, ...]:
     return tuple(split[name][:] for name in names)
 
 
+def languages_with_text(split) -> set[str]:
+    """The languages with at least one non-blank text in a split."""
+    return {lang for lang, text in zip(*columns(split, "lang", "text")) if text.strip()}
+
+
 def texts_by_lang(split) -> dict[str, list[str]]:
     """A split's texts grouped by language (ISO 639-3), in corpus order."""
     out: dict[str, list[str]] = {}

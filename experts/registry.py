@@ -25,6 +25,7 @@ from etils import epath
 from filelock import FileLock
 
 from xelm.errors import XelmError
+from xelm.faults import ours
 from xelm.files import inside, read_json, write_json
 from xelm.model import Encoder
 from xelm.rundir import RunDir
@@ -121,7 +122,7 @@ class Registry:
         if _is_local(self.root):
             write_json(self.index_path, data)  # atomic; a failed write leaves no temporary
             return
-        tmp = self.root / f".index.{uuid.uuid4().hex}.tmp"
+        tmp = ours(self.root / f".index.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         tmp.replace(self.index_path)  # atomic on POSIX: readers see the old or the new index
 
@@ -131,7 +132,7 @@ class Registry:
         if name in self.index()["experts"]:
             raise XelmError(f"an expert named {name!r} already exists in {self.root}: choose another "
                             f"--name or `xelm expert remove {name}` first")
-        staging = self.root / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+        staging = ours(self.root / f".staging-{name}-{uuid.uuid4().hex[:8]}")
         staging.mkdir(parents=True)
         try:
             digest = save_weights(model, str(staging / "weights"))

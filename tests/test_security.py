@@ -235,6 +235,28 @@ def test_a_full_disk_during_expert_add_is_one_line_and_leaves_no_temporaries(run
     assert Registry(run / "registry").names() == ["germanic-0", "romance-1"]
 
 
+def test_a_failed_command_removes_its_own_temporaries_only(tmp_path, monkeypatch):
+    """Another process may be writing in the same run (training another expert): its unfinished
+    checkpoint, staging folder and index temporary are not a failed command's to delete."""
+    from xelm import faults
+
+    monkeypatch.setattr(faults, "_OURS", set())
+    run = tmp_path / "run"
+    mine = [run / "experts" / "a" / "checkpoints" / "3.orbax-checkpoint-tmp-9", run / "registry" / ".staging-a-1",
+            run / "registry" / ".index.1.tmp"]
+    theirs = [run / "experts" / "b" / "checkpoints" / "7.orbax-checkpoint-tmp-123",
+              run / "registry" / ".staging-b-2", run / "registry" / ".index.2.tmp",
+              run / "experts" / "a" / "checkpoints" / "3"]  # a finished checkpoint
+    for p in mine + theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x") if p.suffix == ".tmp" else p.mkdir()
+    faults.ours(run / "experts" / "a" / "checkpoints")  # a folder this process saves into
+    faults.ours(mine[1])
+    faults.ours(mine[2])
+    assert sorted(faults.clean_temporaries()) == sorted(mine)
+    assert not any(p.exists() for p in mine) and all(p.exists() for p in theirs)
+
+
 def test_a_damaged_checkpoint_is_one_line_and_nothing_prints_after_it(run):
     params = run / "registry" / "germanic-0" / "weights" / "params"
     for f in params.rglob("*"):

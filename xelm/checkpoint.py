@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from xelm.errors import XelmError
+from xelm.faults import ours
 
 
 def restore_into(abstract_state: nnx.State, read: Callable[[dict], dict], what: str, fix: str = "",
@@ -35,7 +36,7 @@ class Checkpointer:
     writes to a temporary folder and renames it when complete)."""
 
     def __init__(self, directory: str | Path, keep: int = 2):
-        self.directory = Path(directory).absolute()
+        self.directory = ours(Path(directory).absolute())  # a failed save's temporary folder is cleaned
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 

@@ -1,10 +1,11 @@
 """Faults of the machine, not of the user: a full, over-quota or read-only device becomes one
-line naming the file and its mount point, the temporary files a failed write left are removed,
-and library threads do not print after that line."""
+line naming the file and its mount point, the temporary files a failed write of this process left
+are removed, and library threads do not print after that line."""
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import re
@@ -63,24 +64,43 @@ def _mount_point(path: Path) -> Path | None:
         return None
 
 
-def clean_temporaries(*roots, since: float = STARTED) -> list[Path]:
-    """Delete temporary files and folders (atomic-write temporaries, Orbax's unfinished
-    checkpoints, registry staging folders) under ``roots`` made since ``since`` (this process's
-    start): what a failed write left behind. Returns what was removed."""
+_OURS: set[Path] = set()  # temporaries and checkpoint folders this process writes
+
+
+def ours(path: str | Path) -> str | Path:
+    """Mark ``path`` as this process's: a temporary file or folder, or a folder Orbax saves
+    into (its unfinished ``*.orbax-checkpoint-tmp*`` children are then ours too). Returns it."""
+    if "://" not in str(path):
+        _OURS.add(Path(path).absolute())
+    return path
+
+
+def clean_temporaries(since: float = STARTED) -> list[Path]:
+    """Delete what a failed write of this process left: its own temporaries (see :func:`ours`),
+    and Orbax's unfinished checkpoints made since ``since`` in the folders it saved into. Another
+    process's temporaries are never touched, even in the same run: it may still be writing them.
+    Returns what was removed."""
     removed = []
-    for root in roots:
-        if root is None or "://" in str(root) or not Path(root).is_dir():
+    for mark in sorted(_OURS):
+        if _temporary(mark):
+            found = [mark]
+        elif mark.is_dir() and not mark.is_symlink():
+            found = sorted(mark.glob(TEMPORARY_PATTERNS[0]))
+        else:
             continue
-        for pattern in TEMPORARY_PATTERNS:
-            for p in sorted(Path(root).rglob(pattern)):
-                try:
-                    if p.is_symlink() or p.lstat().st_mtime < since - 1:
-                        continue
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-                    removed.append(p)
-                except OSError:
-                    pass
+        for p in found:
+            try:
+                if p.is_symlink() or p.lstat().st_mtime < since - 1:
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
     return removed
+
+
+def _temporary(path: Path) -> bool:
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in TEMPORARY_PATTERNS)
 
 
 def quiet_library_threads() -> None:

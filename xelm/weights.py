@@ -20,6 +20,7 @@ from flax import nnx
 from xelm.checkpoint import restore_into
 from xelm.config import ModelConfig, from_dict, to_dict
 from xelm.errors import XelmError
+from xelm.faults import ours
 from xelm.model import Encoder
 
 
@@ -44,6 +45,7 @@ def save_weights(model: Encoder, directory: str | Path) -> str:
     """Write ``directory/params`` (Orbax) and ``directory/model.json``; return the checksum."""
     directory = _path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    ours(directory)  # a failed save's temporary folder is cleaned
     digest = checksum(model)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "params", nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)

@@ -302,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(args, message: str) -> int:
-    """The one error line; temporary files this process left in its folders are removed first."""
-    clean_temporaries(*(getattr(args, k, None) for k in ("run_dir", "registry", "out")))
+    """The one error line; temporary files this process left are removed first."""
+    clean_temporaries()
     print("xelm: error: " + " ".join(message.split()), file=sys.stderr)  # one line, always
     return 2
 

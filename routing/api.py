@@ -20,7 +20,7 @@ from routing.language import LanguageRouter
 from routing.masking import MASK_RATIO, check_texts, encode
 from routing.pool import ExpertPool
 from routing.posterior import PRIORS, PosteriorRouter, validation_prior
-from routing.routes import Routing, check_temperature, check_top_k
+from routing.routes import UNSEEN_SCRIPT, Routing, check_temperature, check_top_k
 from routing.runfiles import expert_scripts, expert_texts, letter_scripts
 from routing.scoring import BATCH_TOKENS, MAX_LEN, label_table, mixture_nll, per_token, prepare
 from xelm.batches import length_bucketed
@@ -142,7 +142,8 @@ class XELM:
         for j, i in enumerate(rows):
             weights[i] = post.weights[j]
             notes[i] = {"fallback": f"the text is in a script ({unseen[i]}) that no expert was trained on: "
-                                    f"routed by posterior (the experts' own likelihoods) instead of {routing.router}"}
+                                    f"routed by posterior (the experts' own likelihoods) instead of {routing.router}",
+                        UNSEEN_SCRIPT: unseen[i]}
         return Routing(routing.names, weights, routing.router, notes)
 
     def loglik(self, texts: list[str]) -> np.ndarray:

@@ -13,6 +13,11 @@ import numpy as np
 
 from xelm.errors import XelmError
 
+# A note's key when a text is mostly in a script no expert was trained on and was routed by the
+# posterior router instead (its value: the script). Other fallbacks (a language without an expert,
+# no known n-gram) say "fallback" only: evaluation re-routes the unseen-script texts alone.
+UNSEEN_SCRIPT = "unseen_script"
+
 
 @dataclass
 class Routing:

@@ -15,10 +15,11 @@ from experts.training import budget_config, train_all, train_baseline
 from routing import XELM
 from routing.masking import encode, mask_sets, passages
 from routing.posterior import held_out_loglik
+from routing.routes import softmax_rows
 from routing.scoring import MAX_LEN, every_token_table, label_table, packed_rows
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.cli import main
-from xelm.app.evaluate import SCORE_MASK_RATIO, _compute, _intervals, evaluate
+from xelm.app.evaluate import SCORE_MASK_RATIO, _blind_posterior, _compute, _intervals, evaluate, scored_ensembles
 from xelm.app.report import headline_sentence
 from xelm.batches import MIN_LEN, bucket
 from xelm.errors import XelmError
@@ -99,6 +100,19 @@ def test_posterior_router_is_blind_to_the_tokens_it_is_scored_on(tiny_expert_run
         np.testing.assert_array_equal(after[j], ll_JxNxE[j])
         others = [i for i in range(len(after)) if i != j]
         assert not np.allclose(after[others], ll_JxNxE[others])
+    # installed in the XELM, the blind router answers for the scored texts from that evidence and
+    # for any other text (the transfer probe embeds more) as the ordinary posterior router does
+    other = "Artikel 26: Jeder hat das Recht auf Bildung."
+    expected = xelm.route([other], router="posterior").weights
+    _blind_posterior(xelm, xelm.names, TEXTS, lp_ExNxK, w_NxK, set_K)
+    r = xelm.route([TEXTS[1], other, TEXTS[0]], router="posterior")
+    np.testing.assert_allclose(r.weights[[2, 0]], softmax_rows(ll_JxNxE[0][[0, 1]]), rtol=1e-6)
+    np.testing.assert_allclose(r.weights[1], expected[0], rtol=1e-6)
+
+
+def test_a_one_expert_plan_is_scored_without_top_2():
+    assert scored_ensembles(("tfidf", "posterior"), (1, 2), 1) == [("tfidf", 1), ("posterior", 1), ("tfidf", None)]
+    assert ("language", 2) in scored_ensembles(("language",), (1, 2), 2)
 
 
 def test_paired_bootstrap_interval():

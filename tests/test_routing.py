@@ -16,7 +16,7 @@ from routing import XELM, Routing, score_model
 from routing.ensemble import label_logprobs, mixture_vocab_logprobs
 from routing.langid import LangId
 from routing.langid import load_or_fit as load_or_fit_langid
-from routing.routes import keep_top_k
+from routing.routes import UNSEEN_SCRIPT, keep_top_k
 from routing.scoring import mixture_loss, prepare
 from xelm.app.cli import build_parser, dispatch
 from xelm.batches import length_bucketed
@@ -85,6 +85,7 @@ def test_language_router_falls_back_to_typologically_nearest_expert(xelm):
     r = xelm.route(PORTUGUESE, lang="por").to_json()
     assert r["experts"] == [{"name": _expert_of(xelm, "spa"), "weight": 1.0}]
     assert "no expert was trained on por" in r["fallback"] and "nearest" in r["fallback"]
+    assert UNSEEN_SCRIPT not in r  # evaluation re-routes unseen scripts only, not this fallback
     assert "fallback" not in xelm.route(TEXTS[0], lang="deu").to_json()
     # langid identifies Portuguese, which no expert has: the language router's fallback applies
     r = xelm.route(PORTUGUESE, router="langid").to_json()
@@ -94,6 +95,7 @@ def test_language_router_falls_back_to_typologically_nearest_expert(xelm):
 def test_text_in_a_script_no_expert_has_seen_is_routed_by_posterior(xelm):
     r = xelm.route([CHEROKEE, TEXTS[0]], router="tfidf")
     assert "script (Cher)" in r.to_json(0)["fallback"] and "fallback" not in r.to_json(1)
+    assert r.notes[0][UNSEEN_SCRIPT] == "Cher" and UNSEEN_SCRIPT not in r.notes[1]
     assert np.allclose(r.weights[0], xelm.route([CHEROKEE], router="posterior").weights[0])
 
 

@@ -31,7 +31,7 @@ from routing import XELM
 from routing.ensemble import stack_states
 from routing.masking import passages
 from routing.posterior import PosteriorRouter, held_out_loglik
-from routing.routes import Routing, softmax_rows
+from routing.routes import UNSEEN_SCRIPT, Routing, softmax_rows
 from routing.scoring import every_token_table, mixture_loss
 from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.console import print_json
@@ -76,7 +76,18 @@ def _blind_posterior(xelm, cluster: list[str], texts: list[str], lp_ExNxK, w_NxK
     Returns those likelihoods [J, N, E] and the posterior routing of each mask set."""
     ll_JxNxE = held_out_loglik(lp_ExNxK, w_NxK, set_K)
     row_of = {t: i for i, t in enumerate(texts)}  # equal texts have equal masks, so equal evidence
-    xelm.use_router("posterior", PosteriorRouter(cluster, lambda ts: ll_JxNxE[0][[row_of[t] for t in ts]]))
+
+    def loglik(ts: list[str]) -> np.ndarray:
+        """Scored texts: set 0's blind evidence; any other text (the transfer probe's): the
+        experts' own likelihoods, as ``xelm route`` has them."""
+        known = np.array([t in row_of for t in ts], bool)
+        out_NxE = np.zeros((len(ts), len(cluster)))
+        if known.any():
+            out_NxE[known] = ll_JxNxE[0][[row_of[t] for t in np.asarray(ts, object)[known]]]
+        if not known.all():
+            out_NxE[~known] = xelm.loglik(list(np.asarray(ts, object)[~known]))
+        return out_NxE
+    xelm.use_router("posterior", PosteriorRouter(cluster, loglik))
     return ll_JxNxE, [Routing(cluster, softmax_rows(ll_NxE), "posterior") for ll_NxE in ll_JxNxE]
 
 
@@ -85,13 +96,19 @@ def _routed_nll(xelm, texts: list[str], router: str, k: int | None, lang, poster
     """``router``'s routing and the per-text NLL of its top-``k`` mixture; texts it sends to the
     scripts fallback are weighted, per mask set, by that set's blind posterior."""
     routing = xelm.route(texts, router=router, top_k=k, lang=lang)
-    fallback = [i for i, note in enumerate(routing.notes) if "fallback" in note]
+    fallback = [i for i, note in enumerate(routing.notes) if UNSEEN_SCRIPT in note]
     per_set = []
     for p in posterior:
         w = routing.weights.copy()
         w[fallback] = p.top_k(k).weights[fallback]
         per_set.append(w)
     return routing, _nll(lp_ExNxK, w_NxK, set_K, per_set)
+
+
+def scored_ensembles(routers, top_ks, n_experts: int) -> list[tuple[str, int | None]]:
+    """(router, k) of every ensemble evaluation scores: each router at each top-k the registry
+    has experts for (a one-cluster plan has no top-2), and the soft mixture over all."""
+    return [(r, k) for r in routers for k in top_ks if k <= n_experts] + [SOFT]
 
 
 def choice_key(summary: dict) -> tuple:
@@ -200,7 +217,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     with clock.stage("routers"):
         ll_JxNxE, posterior = _blind_posterior(xelm, cluster, texts, lp_ExNxK, w_NxK, set_K)
         routings = {}
-        for r, k in [(r, k) for r in routers for k in top_ks] + [SOFT]:
+        for r, k in scored_ensembles(routers, top_ks, len(cluster)):
             if r == "posterior":
                 per_set = [p.top_k(k) for p in posterior]
                 routings[r, k] = per_set[0]
@@ -346,7 +363,7 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run.root, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
     routing = xelm.route(texts, router=TOP1[0], top_k=TOP1[1])
-    fallback = np.array(["fallback" in note for note in routing.notes], bool)
+    fallback = np.array([UNSEEN_SCRIPT in note for note in routing.notes], bool)
     chosen = routing.weights.argmax(1)
     nll_dense, count = _scores(run.dense(), tok, texts, progress, "scoring the dense model")
     nll_x = np.full(len(texts), np.nan)
@@ -512,7 +529,7 @@ def cmd_evaluate(args) -> int:
     s = m["summary"]
     print(headline_sentence(m))
     for name, loss in sorted(s["mean_loss"].items(), key=lambda kv: kv[1] or 9e9):
-        print(f"  {name:<22}{loss:.3f}")
+        print(f"  {name:<22}{'n/a' if loss is None else f'{loss:.3f}'}")  # None: no language scored
     print(StageClock.of(m["seconds_by_part"]).table(indent="  "))
     print(f"report: {RunDir(args.run_dir).report_for(args.split) / 'report.md'}")
     return 0

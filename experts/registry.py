@@ -44,17 +44,24 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_card(card, path) -> dict:
-    """A card read from disk: a mapping with its languages (a list of codes), or one line."""
-    fix = "remove the expert with `xelm expert remove NAME` and train it again"
+def check_card(card, path, name: str) -> dict:
+    """A card read from disk, in the folder of expert ``name``: a mapping naming that expert, with
+    its languages (a list of codes), checksum and tokens trained, or one line. A card copied into
+    another expert's folder would load its weights under two names."""
+    fix = f"remove the expert with `xelm expert remove {name}` and train it again"
     if not isinstance(card, dict):
         raise XelmError(f"expert card {path} is damaged (expected a JSON object); {fix}")
+    if card.get("name") != name:
+        raise XelmError(f"expert card {path} names {card.get('name')!r}, not the folder's expert {name!r}; {fix}")
     langs = card.get("languages")
     if not isinstance(langs, list) or not langs or not all(isinstance(x, str) for x in langs):
         raise XelmError(f"expert card {path} is damaged: 'languages' is missing or not a list of codes; {fix}")
-    for key, kind in (("checksum", str), ("tokens_trained", int), ("corpus", str), ("parent", str)):
-        if card.get(key) is not None and not isinstance(card[key], kind):
-            raise XelmError(f"expert card {path} is damaged: {key!r} is not {kind.__name__}; {fix}")
+    for key, kind, required in (("checksum", str, True), ("tokens_trained", int, True), ("corpus", str, False),
+                                ("parent", str, False)):
+        value = card.get(key)
+        if (value is None and required) or (value is not None and (not isinstance(value, kind)
+                                                                     or isinstance(value, bool))):
+            raise XelmError(f"expert card {path} is damaged: {key!r} is missing or not {kind.__name__}; {fix}")
     return card
 
 
@@ -94,7 +101,7 @@ class Registry:
             raise XelmError(f"no expert named {name!r} in registry {self.root} (experts: {known})")
         path = self.folder(name) / "card.json"
         fix = f"remove it with `xelm expert remove {name}` and train it again"
-        return check_card(read_json(path, f"expert {name!r}: its card", fix), path)
+        return check_card(read_json(path, f"expert {name!r}: its card", fix), path, name)
 
     def folder(self, name: str) -> epath.Path:
         """The expert's folder: a valid name, inside the registry once symlinks are resolved."""
@@ -190,7 +197,7 @@ class Registry:
                         or (_is_local(folder) and os.path.islink(str(folder)))):
                     continue  # a symlink may lead anywhere: only real folders are adopted
                 try:
-                    experts[folder.name] = _summary(check_card(read_json(card_path, "card"), card_path))
+                    experts[folder.name] = _summary(check_card(read_json(card_path, "card"), card_path, folder.name))
                 except XelmError:
                     continue
             self._write_index({"format": FORMAT, "experts": experts})

@@ -7,6 +7,7 @@ need the same experts run together, with only those experts loaded and stacked.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -79,6 +80,14 @@ class XELM:
         run = RunDir(run_dir)
         run.config()  # a clear error if this is not a run directory
         return cls(run.root, run_registry(run, registry), run.tokenizer(), **options)
+
+    def with_temperature(self, temperature: float) -> XELM:
+        """The same experts (these cards, whatever the registry holds now; the loaded models
+        shared) routed by TF-IDF at ``temperature``, a constructor option."""
+        variant = copy.copy(self)
+        variant.temperature = check_temperature(temperature)
+        variant._routers, variant._loglik_memo = {}, None
+        return variant
 
     # ------------------------------------------------------------------------- routing
     def router(self, name: str):

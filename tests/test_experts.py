@@ -158,10 +158,11 @@ def test_damaged_weights_index_and_newer_format_are_reported(run, capsys):
     index = run / "registry" / "index.json"
     good = index.read_text()
     index.write_text(good[: len(good) // 2])
+    shutil.copytree(run / "registry" / name, run / "registry" / "copy-0")  # its card names the original
     assert main(["expert", "list", "--run-dir", str(run)]) == 2
     assert "damaged" in capsys.readouterr().err
     assert main(["expert", "list", "--run-dir", str(run), "--repair", "--json"]) == 0
-    assert [c["name"] for c in json.loads(capsys.readouterr().out)] == sorted(json.loads(good)["experts"])
+    assert [c["name"] for c in json.loads(capsys.readouterr().out)] == sorted(json.loads(good)["experts"])  # no copy
     assert Registry(run / "registry").names() == sorted(json.loads(good)["experts"])
     index.write_text(json.dumps({**json.loads(good), "format": 99}))
     with pytest.raises(XelmError, match="newer xelm"):

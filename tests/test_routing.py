@@ -92,6 +92,18 @@ def test_language_router_falls_back_to_typologically_nearest_expert(xelm):
     assert r["language"] == "por" and "fallback" in r and r["experts"][0]["name"] == _expert_of(xelm, "spa")
 
 
+def test_a_temperature_variant_routes_over_the_same_experts(run, xelm):
+    """``xelm serve``'s per-request temperature: the served experts (not the registry's current
+    ones, nor all of them when a subset is served), their loaded models shared."""
+    one = XELM.from_run(run, experts=[xelm.names[0]])
+    hot = one.with_temperature(10.0)
+    assert hot.names == one.names and hot.pool is one.pool and hot.temperature == 10.0 and one.temperature == 0.1
+    sharp, flat = xelm.route(TEXTS, router="tfidf"), xelm.with_temperature(10.0).route(TEXTS, router="tfidf")
+    assert (flat.weights.max(1) < sharp.weights.max(1)).all()
+    with pytest.raises(XelmError, match="emperature"):
+        xelm.with_temperature(-1.0)
+
+
 def test_text_in_a_script_no_expert_has_seen_is_routed_by_posterior(xelm):
     r = xelm.route([CHEROKEE, TEXTS[0]], router="tfidf")
     assert "script (Cher)" in r.to_json(0)["fallback"] and "fallback" not in r.to_json(1)

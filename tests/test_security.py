@@ -278,7 +278,9 @@ def test_damaged_files_are_one_line_naming_the_file(run, tmp_path, capsys):
     assert rc == 2
     one_line_error(err, "index.json")
     (reg / "index.json").write_bytes(good_index)
-    for damage in (json.dumps({"name": "germanic-0"}), "[1, 2]", b"\xff\xfe{}"):
+    other_name = json.dumps({**json.loads(good_card), "name": "romance-1"})  # would load romance-1 twice
+    no_checksum = json.dumps({k: v for k, v in json.loads(good_card).items() if k != "checksum"})
+    for damage in (json.dumps({"name": "germanic-0"}), "[1, 2]", b"\xff\xfe{}", other_name, no_checksum):
         card.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
         rc, _, err = cli(capsys, "expert", "show", "germanic-0", "--run-dir", run)
         assert rc == 2, damage

@@ -224,10 +224,7 @@ class Engine:
         if temperature is None or temperature == self.temperature:
             return served.model
         if temperature not in served.variants:
-            m = served.model
-            variant = XELM(m.run_dir, m.registry, m.tokenizer, temperature=temperature, prior=self.prior)
-            variant.pool = m.pool
-            served.variants[temperature] = variant
+            served.variants[temperature] = served.model.with_temperature(temperature)  # this generation's experts
             while len(served.variants) > 8:
                 served.variants.popitem(last=False)
         served.variants.move_to_end(temperature)

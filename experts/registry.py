@@ -143,8 +143,8 @@ class Registry:
         staging.mkdir(parents=True)
         try:
             digest = save_weights(model, str(staging / "weights"))
-            card = {**card, "checksum": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "format": FORMAT}
+            card = check_card({**card, "checksum": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "format": FORMAT}, staging / "card.json", name)  # readable once written
             if _is_local(staging):
                 write_json(staging / "card.json", card)
             else:

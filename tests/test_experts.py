@@ -187,8 +187,21 @@ from xelm.model import Encoder
 root, prefix = sys.argv[1], sys.argv[2]
 model = Encoder(ModelConfig(vocab_size=64, hidden=16, layers=1, heads=2, ffn=32), rngs=nnx.Rngs(0))
 for i in range(4):
-    Registry(root).add({"name": f"{prefix}-{i}", "languages": ["eng"], "parent": "base"}, model)
+    Registry(root).add({"name": f"{prefix}-{i}", "languages": ["eng"], "parent": "base", "tokens_trained": 0}, model)
 """
+
+
+def test_a_card_that_could_not_be_read_back_is_not_registered(tmp_path):
+    from flax import nnx
+
+    from xelm.config import ModelConfig
+    from xelm.model import Encoder
+
+    model = Encoder(ModelConfig(vocab_size=64, hidden=16, layers=1, heads=2, ffn=32), rngs=nnx.Rngs(0))
+    reg = Registry(tmp_path / "registry")
+    with pytest.raises(XelmError, match="tokens_trained"):
+        reg.add({"name": "x-0", "languages": ["eng"], "parent": "base"}, model)
+    assert reg.names() == [] and [p.name for p in reg.root.iterdir() if p.name != ".index.lock"] == []
 
 
 def test_two_processes_registering_at_once_both_land(tmp_path):

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from xelm.data import SPLITS, corpus_stats, language_probabilities, load_corpus, sample_texts
+from xelm.data import corpus as corpus_mod
 from xelm.data.corpus import COLUMNS
 from xelm.errors import XelmError
 from xelm.languages import check_language
@@ -202,6 +203,138 @@ def test_bad_corpus_paths(tmp_path):
     assert str(empty) in str(err.value)
     with pytest.raises(XelmError, match="zzz not in corpus"):
         load_corpus(tmp_path, languages=["zzz"])
+
+
+def _one_line(err) -> str:
+    """The error's text, asserted to be one line (DESIGN: one clear line, never a traceback)."""
+    text = str(err.value)
+    assert "\n" not in text, text
+    return text
+
+
+def test_line_breaks_inside_a_document_do_not_split_it(tmp_path):
+    """Only '\\n' ends a line: U+2028, NEL, form feed and the information separators are text."""
+    doc = "one\u2028two\x85three\x0cfour\x1cfive"
+    (tmp_path / "eng.txt").write_text(f"{doc}\r\nsecond document\n", "utf-8", newline="")
+    _write_jsonl(tmp_path / "fra.jsonl", [{"text": "un\u2028deux"}, {"text": "trois"}])
+    corpus = load_corpus(tmp_path)
+    texts = {la: sorted(t for s in corpus.values() for la2, t in zip(s["lang"], s["text"]) if la2 == la)
+             for la in ("eng", "fra")}
+    assert texts == {"eng": sorted([doc, "second document"]), "fra": ["trois", "un\u2028deux"]}
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    (tmp_path / "eng.txt").write_bytes("\ufefffirst line\nsecond line\n".encode())
+    (tmp_path / "fra.jsonl").write_bytes('\ufeff{"text": "premier"}\n'.encode())
+    texts = {t for split in load_corpus(tmp_path).values() for t in split["text"]}
+    assert texts == {"first line", "second line", "premier"}
+
+
+def test_a_jsonl_error_names_the_file_line(tmp_path):
+    path = _bad(tmp_path, "fra.jsonl", '{"text": "bon"}\n\n{"text": oops}\n')
+    with pytest.raises(XelmError) as err:
+        load_corpus(tmp_path)
+    assert _one_line(err) == f"corpus file {path} is not JSON lines (Expecting value at line 3)"
+
+
+def test_a_lone_surrogate_escape_is_refused(tmp_path):
+    """'\\ud800' is valid JSON but no character: Arrow cannot store it (it raised UnicodeEncodeError)."""
+    path = _bad(tmp_path, "fra.jsonl", '{"text": "bon"}\n{"text": "hi \\ud800"}\n')
+    with pytest.raises(XelmError) as err:
+        load_corpus(tmp_path)
+    assert _one_line(err) == (f"corpus file {path}, record 2: 'text' holds a lone surrogate escape "
+                              "(such as \\ud800), which is no character: fix or drop the record")
+    _bad(tmp_path, "fra.jsonl", '{"text": "bon \\ud83d\\ude00"}\n')  # a pair is one character
+    assert load_corpus(tmp_path)["train"]["text"] == ["bon \U0001F600"]
+
+
+@pytest.mark.parametrize("kind", ["dictionary", "string_view"])
+def test_parquet_text_size_counts_every_row(tmp_path, monkeypatch, kind):
+    """1000 rows of one 10 KB value take a few hundred bytes on disk as a dictionary (or views)."""
+    if kind == "dictionary":
+        text = pa.DictionaryArray.from_arrays(pa.array([0] * 1000, pa.int32()), pa.array(["x" * 10_000]))
+    else:
+        text = pa.array(["x" * 10_000] * 1000, pa.string_view())
+    pq.write_table(pa.table({"text": text}), tmp_path / "eng.parquet", compression="zstd")
+    assert (tmp_path / "eng.parquet").stat().st_size < 2_000
+    monkeypatch.setattr(corpus_mod, "MAX_TEXT_BYTES", 9_000_000)
+    with pytest.raises(XelmError) as err:
+        load_corpus(tmp_path)
+    assert "bytes of text" in _one_line(err) and str(tmp_path / "eng.parquet") in str(err.value)
+    monkeypatch.setattr(corpus_mod, "MAX_TEXT_BYTES", 10_000_000)  # exactly the decoded size
+    assert sum(split.num_rows for split in load_corpus(tmp_path).values()) == 1000
+
+
+def test_parquet_column_that_is_not_text_is_refused(tmp_path):
+    path = tmp_path / "eng.parquet"
+    pq.write_table(pa.table({"text": [["a", "b"], ["c"]]}), path)
+    with pytest.raises(XelmError) as err:
+        load_corpus(tmp_path)
+    assert _one_line(err) == (f"corpus file {path}: column 'text' holds list<element: string> values, "
+                              "not text: store it as strings")
+
+
+# ---------------------------------------------------------------- hub datasets (a local one, offline)
+def _hub_dataset(root, configs: dict[str, dict[str, list]]):
+    """A dataset folder that ``hf:PATH`` loads like a hub one: one config per language, its splits
+    declared in the README (as on the hub), a JSON-lines file each."""
+    card = ["---", "configs:"]
+    for config, splits in configs.items():
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split, records in splits.items():
+            (root / config).mkdir(parents=True, exist_ok=True)
+            _write_jsonl(root / config / f"{split}.jsonl", records)
+            card += [f"  - split: {split}", f"    path: {config}/{split}.jsonl"]
+    (root / "README.md").write_text("\n".join([*card, "---", ""]), "utf-8")
+    return f"hf:{root}"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """Keep ``datasets``'s cache in the test's folder, and the hub client offline."""
+    import datasets
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def test_hub_corpus_splits(hub_cache):
+    """FLORES's 'devtest' is held out (test), never train; 'dev' is validation."""
+    spec = _hub_dataset(hub_cache, {
+        "eng_Latn": {"dev": [{"text": "eng dev"}], "devtest": [{"text": "eng devtest"}, {"text": " "}]},
+        "fra": {"train": [{"text": "fra train"}], "validation": [{"text": "fra validation"}],
+                "test": [{"text": "fra test"}], "valid": [{"text": "fra valid"}]},
+    })
+    corpus = load_corpus(spec)
+    got = {name: sorted(zip(split["lang"], split["text"], split["unit"])) for name, split in corpus.items()}
+    assert got == {"train": [("fra", "fra train", "train:0")],
+                   "validation": [("eng", "eng dev", "dev:0"), ("fra", "fra valid", "valid:0"),
+                                  ("fra", "fra validation", "validation:0")],
+                   "test": [("eng", "eng devtest", "devtest:0"), ("fra", "fra test", "test:0")]}
+    assert set(corpus["test"]["tag"]) == {"eng_Latn", "fra"}
+
+
+@pytest.mark.parametrize("records,split,message", [
+    ([{"text": "a"}], "extra", "config 'eng' has split 'extra', which xelm cannot place: the known splits are "
+                               "train, dev, valid, validation, devtest, test; use a dataset with those"),
+    ([{"sentence": "a"}], "train", "config 'eng' split 'train' has no 'text' column (it has sentence); "
+                                   "xelm reads a corpus's text from 'text'"),
+    ([{"text": "a"}, {"text": None}], "test", "config 'eng' split 'test', row 2: 'text' must be a string, "
+                                              "got NoneType"),
+])
+def test_bad_hub_corpus(hub_cache, records, split, message):
+    spec = _hub_dataset(hub_cache, {"eng": {"train": [{"text": "fine"}], split: records}})
+    with pytest.raises(XelmError) as err:
+        load_corpus(spec)
+    assert _one_line(err) == f"hub dataset {spec[3:]!r} {message}"
+
+
+def test_hub_corpus_that_cannot_be_loaded(hub_cache):
+    spec = _hub_dataset(hub_cache, {"eng": {"train": [{"text": "fine"}]}})
+    (hub_cache / "eng" / "train.jsonl").write_text('{"text": oops\n', "utf-8")
+    with pytest.raises(XelmError) as err:
+        load_corpus(spec)
+    assert _one_line(err).startswith(f"hub dataset {spec[3:]!r} config 'eng' cannot be loaded: ")
 
 
 # ------------------------------------------------------------------------ temperature sampling

@@ -39,6 +39,9 @@ MAX_FILE_BYTES = 2**30
 MAX_TEXT_BYTES = 2**30
 MAX_ROWS = 10_000_000
 PARQUET_BATCH_ROWS = 4096
+# Hub split names and the split each feeds: FLORES's held-out ``devtest`` is test, never train.
+HUB_SPLITS = {"train": "train", "dev": "validation", "valid": "validation", "validation": "validation",
+              "devtest": "test", "test": "test"}
 
 
 def udhr_split(unit: str) -> str:
@@ -160,31 +163,56 @@ def _read_parquet(f: Path) -> list[dict]:
     records, size = [], 0
     for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
         for name in columns:
-            col = batch.column(name)
-            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                size += pc.sum(pc.binary_length(col)).as_py() or 0
+            size += _decoded_bytes(batch.column(name), f"corpus file {f}: column {name!r}")
         if size > MAX_TEXT_BYTES:
             raise _too_big(f, f"{MAX_TEXT_BYTES:,} bytes of text")
         records.extend(batch.to_pylist())
     return records
 
 
+def _decoded_bytes(col: pa.Array, what: str) -> int:
+    """Bytes a column decodes to. A dictionary column counts its value once per row that refers to
+    it (1 KB on disk can repeat a 10 KB value a thousand times); other types (``string_view``,
+    numbers) are counted as the strings they cast to."""
+    values = col.dictionary if pa.types.is_dictionary(col.type) else col
+    try:
+        lengths = pc.binary_length(values.cast(pa.large_string()))
+    except pa.ArrowException:
+        raise XelmError(f"{what} holds {values.type} values, not text: store it as strings") from None
+    if values is not col:
+        lengths = lengths.take(col.indices)
+    return pc.sum(lengths).as_py() or 0
+
+
+def _lines(f: Path) -> list[str]:
+    """A file's lines, split on newlines only: ``splitlines`` also splits on U+2028, NEL and form
+    feeds, which are text inside a document. A leading byte-order mark is not text either."""
+    return f.read_text("utf-8-sig").split("\n")
+
+
+def _read_jsonl(f: Path) -> list:
+    """A JSON-lines file's records; an error names the file's line (``json`` counts within one)."""
+    records = []
+    for number, line in enumerate(_lines(f), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise XelmError(f"corpus file {f} is not JSON lines ({e.msg} at line {number})") from None
+    return records
+
+
 def _read_records(f: Path) -> list[dict]:
     try:
         if f.suffix == ".txt":
-            lines = f.read_text("utf-8").splitlines()
-            return [{"text": line.strip()} for line in lines if line.strip()]
-        if f.suffix == ".jsonl":
-            records = [json.loads(line) for line in f.read_text("utf-8").splitlines() if line.strip()]
-        else:
-            records = _read_parquet(f)
+            return [{"text": line.strip()} for line in _lines(f) if line.strip()]
+        records = _read_jsonl(f) if f.suffix == ".jsonl" else _read_parquet(f)
     except UnicodeDecodeError:
         raise XelmError(f"corpus file {f} is not UTF-8 text") from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
-        raise XelmError(f"corpus file {f} is not JSON lines{where}") from None
+    except RecursionError:
+        raise XelmError(f"corpus file {f} is not JSON lines (nested too deeply)") from None
     except (OSError, pa.ArrowException) as e:
-        raise XelmError(f"corpus file {f} cannot be read: {str(e).splitlines()[0] if str(e) else e}") from None
+        raise XelmError(f"corpus file {f} cannot be read: {_first_line(e)}") from None
     if len(records) > MAX_ROWS:
         raise _too_big(f, f"{MAX_ROWS:,} rows")
     for i, r in enumerate(records):
@@ -194,7 +222,25 @@ def _read_records(f: Path) -> list[dict]:
             if r.get(key) is not None and not isinstance(r[key], str):
                 raise XelmError(f"corpus file {f}, record {i + 1}: {key!r} must be a string, "
                                 f"got {type(r[key]).__name__}")
+        for key in ("text", "lang", "tag", "split"):
+            if r.get(key) is not None and not r[key].isascii() and not _is_utf8(r[key]):
+                raise XelmError(f"corpus file {f}, record {i + 1}: {key!r} holds a lone surrogate escape "
+                                "(such as \\ud800), which is no character: fix or drop the record")
     return [r for r in records if r["text"].strip()]
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether a string encodes to UTF-8: JSON's ``\\ud800`` escape decodes to a lone surrogate,
+    which Arrow cannot store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _hub_table(name: str) -> pa.Table:
@@ -202,25 +248,44 @@ def _hub_table(name: str) -> pa.Table:
     try:
         configs = datasets.get_dataset_config_names(name)
     except Exception as e:  # the hub client raises many kinds; the message is what matters
-        raise XelmError(f"hub dataset {name!r} cannot be listed: {e}") from None
+        raise XelmError(f"hub dataset {name!r} cannot be listed: {_first_line(e)}") from None
     rows: dict[str, list] = {c: [] for c in (*COLUMNS, "split")}
     for config in configs:
-        lang = to_iso3(config.split(".")[-1].split("_")[0], where=f"hub dataset {name} config {config}")
-        ds = datasets.load_dataset(name, config)
+        where = f"hub dataset {name!r} config {config!r}"
+        lang = to_iso3(config.split(".")[-1].split("_")[0], where=where)
+        try:
+            ds = datasets.load_dataset(name, config)
+        except Exception as e:  # as above
+            cause = f" ({_first_line(e.__cause__)})" if e.__cause__ else ""
+            raise XelmError(f"{where} cannot be loaded: {_first_line(e)}{cause}") from None
         for split, part in ds.items():
-            split = {"dev": "validation", "valid": "validation"}.get(split, split)
-            texts = [t for t in part["text"][:] if t.strip()]
+            if split not in HUB_SPLITS:
+                raise XelmError(f"{where} has split {split!r}, which xelm cannot place: the known splits "
+                                f"are {', '.join(HUB_SPLITS)}; use a dataset with those")
+            texts = _hub_texts(part, f"{where} split {split!r}")
             script = dominant_script(texts[:200])
             for i, t in enumerate(texts):
                 rows["lang"].append(lang)
                 rows["tag"].append(config)
                 rows["name"].append(language_name(lang))
                 rows["script"].append(script)
-                rows["unit"].append(str(i))
+                rows["unit"].append(f"{split}:{i}")  # parallel across configs, unique across splits
                 rows["heading"].append("")
                 rows["text"].append(t)
-                rows["split"].append(split if split in SPLITS else "train")
+                rows["split"].append(HUB_SPLITS[split])
     return pa.table(rows)
+
+
+def _hub_texts(part: datasets.Dataset, where: str) -> list[str]:
+    """The non-blank texts of a hub split; a missing column or a null text is refused, not guessed."""
+    if "text" not in part.column_names:
+        raise XelmError(f"{where} has no 'text' column (it has {', '.join(part.column_names)}); "
+                        "xelm reads a corpus's text from 'text'")
+    texts = part["text"][:]
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise XelmError(f"{where}, row {i + 1}: 'text' must be a string, got {type(t).__name__}")
+    return [t for t in texts if t.strip()]
 
 
 def columns(split, *names: str) -> tuple[list, ...]:

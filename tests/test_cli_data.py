@@ -140,3 +140,44 @@ def test_module_entry_point_error_has_no_traceback():
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("xelm: error: corpus '/nonexistent' not found")
+
+
+def _one_language_corpus(root):
+    root.mkdir()
+    (root / "eng.jsonl").write_text('{"text": "hello world, all human beings are born free", "split": "train"}\n')
+    return root
+
+
+def test_tokenizer_train_keeps_a_users_folder_unless_overwrite(capsys, tmp_path):
+    """A folder with the user's own tokenizer beside their weights is refused in one line."""
+    corpus = _one_language_corpus(tmp_path / "corpus")
+    out_dir = tmp_path / "model"
+    out_dir.mkdir()
+    mine = {"tokenizer.json": "{}", "tokenizer_config.json": "{}", "model.safetensors": "weights"}
+    for name, text in mine.items():
+        (out_dir / name).write_text(text)
+    train = ["tokenizer", "train", "--corpus", corpus, "--vocab-size", 400, "--chars", 1000, "--out", out_dir]
+    code, out, err = run(capsys, *train)
+    assert_one_line_error(code, out, err)
+    assert err == (f"xelm: error: {out_dir} already holds files xelm did not write (model.safetensors): "
+                   "choose an empty folder, or pass --overwrite\n")
+    assert {p.name: p.read_text() for p in out_dir.iterdir()} == mine
+    assert run(capsys, *train, "--overwrite")[0] == 0
+    assert json.loads((out_dir / "tokenizer.json").read_text())["model"]["type"] == "Unigram"
+    assert (out_dir / "model.safetensors").read_text() == "weights"
+    # A folder xelm wrote (tokenizer, stats plot) is its own output: re-running writes over it.
+    ours = tmp_path / "tok"
+    assert run(capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", 400, "--chars", 1000,
+               "--out", ours)[0] == 0
+    (ours / "fertility_by_script.png").write_bytes(b"\x89PNG")
+    assert run(capsys, "tokenizer", "train", "--corpus", corpus, "--vocab-size", 400, "--chars", 1000,
+               "--out", ours)[0] == 0
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_tokenizer_train_seed_out_of_range(capsys, tmp_path, seed):
+    corpus = _one_language_corpus(tmp_path / "corpus")
+    code, out, err = run(capsys, "tokenizer", "train", "--corpus", corpus, "--seed", seed, "--out", tmp_path / "t")
+    assert_one_line_error(code, out, err)
+    assert err == f"xelm: error: --seed {seed} is out of range: give a seed from 0 to 4294967295\n"
+    assert not (tmp_path / "t").exists()

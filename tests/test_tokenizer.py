@@ -124,3 +124,18 @@ def test_stats_on_udhr_test_split(tok, udhr, tmp_path):
 
     png = plot_fertility(stats, tmp_path / "fertility.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+
+
+def test_minimum_vocab_size_counts_specials_bytes_and_pieces():
+    """What ``pretrain`` checks before it makes a run directory is what the trainer needs."""
+    from xelm.tokenizer import MIN_VOCAB_SIZE
+    assert MIN_VOCAB_SIZE == len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 100 == 361
+
+
+def test_train_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(XelmError, match=r"already holds files xelm did not write \(notes.txt\)"):
+        train_tokenizer({"eng": ["hello world"]}, 400, tmp_path, n_chars=1000, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    train_tokenizer({"eng": ["hello world"]}, 400, tmp_path, n_chars=1000, show_progress=False, overwrite=True)
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "notes.txt").read_text() == "mine"

@@ -19,6 +19,14 @@ from xelm.files import write_text
 
 ARCHS = ("modernbert", "bert")
 MAX_STEPS = 10_000_000  # more is a typo (a token budget of 1e12), not a run anyone waits for
+SEED_LIMIT = 2**32  # numpy's and JAX's generators take seeds in [0, 2**32)
+
+
+def check_seed(seed: int, name: str) -> int:
+    """``seed`` in [0, 2**32): another one fails deep inside numpy or JAX, mid-run."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise XelmError(f"{name} {seed} is out of range: give a seed from 0 to {SEED_LIMIT - 1}")
+    return seed
 
 
 def _check_finite(obj, section: str) -> None:
@@ -161,6 +169,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_finite(self, "train")
+        check_seed(self.seed, "train.seed")
         if self.steps < 1 or self.warmup_steps < 0 or self.lr <= 0:
             raise XelmError(f"train: steps must be >= 1, warmup_steps >= 0 and lr > 0 "
                             f"(got {self.steps}, {self.warmup_steps}, {self.lr})")
@@ -252,10 +261,16 @@ def _build(tp, value, path: str):
             raise XelmError(f"config {path or 'root'}: expected a mapping, got {value!r}")
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
+        unknown = sorted(str(k) for k in value if k not in names)  # str: YAML keys may be numbers
         if unknown:
             key = f"{path}.{unknown[0]}" if path else unknown[0]
             raise XelmError(f"unknown config key {key!r} (known here: {', '.join(sorted(names))})")
+        required = [f.name for f in dataclasses.fields(tp)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in value]
+        if missing:
+            raise XelmError(f"config {path or 'root'}: {missing[0]!r} is missing "
+                            f"(required here: {', '.join(required)})")
         return tp(**{k: _build(hints[k], v, f"{path}.{k}".strip(".")) for k, v in value.items()})
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -277,6 +292,11 @@ def _build(tp, value, path: str):
         return tuple(_build(item, v, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)  # nan and inf go on to the section's finiteness check
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise XelmError(f"config {path}: expected {tp.__name__}, got {value!r}")
     return value

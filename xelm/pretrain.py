@@ -11,7 +11,7 @@ from xelm.data import columns, load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.files import write_json
 from xelm.rundir import RunDir
-from xelm.tokenizer import load_tokenizer, train_tokenizer
+from xelm.tokenizer import check_vocab_size, load_tokenizer, train_tokenizer
 from xelm.train import train
 from xelm.weights import save_weights
 
@@ -53,6 +53,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path, max_steps: int | None = None, 
     corpus = load_corpus(cfg.data.corpus, languages=langs)
     for stage in cfg.curriculum:
         stage_languages(stage, langs)
+    if not (run.tokenizer_dir / "tokenizer.json").exists():
+        check_vocab_size(cfg.tokenizer.vocab_size, "tokenizer.vocab_size")  # it trains after run.prepare
     run.prepare(cfg)
     tok = ensure_tokenizer(cfg, run, corpus, progress)
     train_split = corpus["train"]

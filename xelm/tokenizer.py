@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from xelm.data.sampling import sample_texts
 from xelm.errors import XelmError
+from xelm.files import check_output_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast  # imported where used: seconds of every command's start-up
@@ -31,27 +32,39 @@ BYTE_PIECE_CHARS = sorted(set("".join(BYTE_TOKENS)))
 # tokenizer loads without ``AutoTokenizer``, which imports PyTorch when it is installed (seconds of
 # every command's start-up); an imported checkpoint's own class still goes through it.
 OWN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+# What ``train_tokenizer`` (transformers 5; 4 adds the map) and ``xelm tokenizer stats`` write: a
+# folder holding only these is an earlier output, written over without ``overwrite``.
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "fertility_by_script.png"}
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 100
 STATS_CHUNK = 256  # texts encoded at once by ``tokenizer_stats`` (a step of its progress bar)
+
+
+def check_vocab_size(vocab_size: int, name: str) -> None:
+    """The smallest vocabulary :func:`train_tokenizer` can fill: special tokens, the 256 byte
+    tokens and 100 learned pieces. Checked by ``pretrain`` before the run directory is made (an
+    imported tokenizer, of any size, is not trained)."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise XelmError(f"{name} {vocab_size} is too small: at least {MIN_VOCAB_SIZE} "
+                        f"({len(SPECIAL_TOKENS)} special + 256 byte tokens + 100 pieces)")
 
 
 def train_tokenizer(texts_by_lang: dict[str, list[str]], vocab_size: int, out_dir: str | Path,
                     temperature: float = 0.3, n_chars: int = 2_000_000, seed: int = 0,
-                    character_coverage: float = 0.9995,
-                    show_progress: bool = True) -> PreTrainedTokenizerFast:
+                    character_coverage: float = 0.9995, show_progress: bool = True,
+                    overwrite: bool = False) -> PreTrainedTokenizerFast:
     """Train on ~``n_chars`` of temperature-sampled text; save to ``out_dir``; return it.
+    A folder holding files xelm did not write is refused unless ``overwrite``.
 
     Characters outside the ``character_coverage`` most frequent ones (and beyond half of the
     piece budget) are left out of the vocabulary and reach the model as UTF-8 bytes.
     """
-    min_size = len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 100
-    if vocab_size < min_size:
-        raise XelmError(f"vocab size {vocab_size} is too small: at least {min_size} "
-                        f"({len(SPECIAL_TOKENS)} special + 256 byte tokens + 100 pieces)")
+    check_vocab_size(vocab_size, "vocab size")
     if n_chars <= 0:
         raise XelmError(f"n_chars {n_chars} must be positive: the characters of text to train on")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise XelmError(f"tokenizer output {out_dir} is a file: give a directory")
+    check_output_dir(out_dir, TOKENIZER_FILES, overwrite)
     texts = [unicodedata.normalize("NFC", t) for t in sample_texts(texts_by_lang, temperature, n_chars, seed)]
     n_pieces = vocab_size - len(BYTE_TOKENS) - len(SPECIAL_TOKENS)
     texts = _restrict_alphabet(texts, max_chars=n_pieces // 2, coverage=character_coverage)

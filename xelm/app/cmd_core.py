@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from xelm.app.console import interactive, print_json
-from xelm.config import apply_overrides, from_dict, load_config, to_dict
+from xelm.config import apply_overrides, check_seed, from_dict, load_config, to_dict
 from xelm.data import columns, corpus_stats, load_corpus, texts_by_lang
 from xelm.errors import XelmError
 from xelm.pretrain import pretrain
@@ -32,6 +32,7 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_tokenizer_train(args) -> int:
+    check_seed(args.seed, "--seed")
     corpus = load_corpus(args.corpus)
     if not len(corpus["train"]):
         raise XelmError(f"corpus {args.corpus!r} has no train split to train a tokenizer on")
@@ -41,7 +42,7 @@ def cmd_tokenizer_train(args) -> int:
               f"{len(texts)} languages (τ = {args.temperature})...", file=sys.stderr, flush=True)
     tok = train_tokenizer(texts, args.vocab_size, args.out,
                           temperature=args.temperature, n_chars=args.chars, seed=args.seed,
-                          show_progress=interactive(args))
+                          show_progress=interactive(args), overwrite=args.overwrite)
     result = {"out": str(args.out), "vocab_size": len(tok), "corpus": args.corpus}
     print_json(result) if args.json else print(f"tokenizer saved to {args.out}")
     return 0

@@ -40,6 +40,7 @@ TEXTS = ["Alle Menschen sind frei und gleich an Würde und Rechten geboren.",
          "Tutti gli esseri umani nascono liberi ed eguali in dignità e diritti."]
 PORTUGUESE = "Todos os seres humanos nascem livres e iguais em dignidade e em direitos."
 MAX_QUEUE, MAX_TEXTS, MAX_BATCH_TOKENS = 12, 32, 1024
+MAX_BODY = 64 * 1024
 CALL_TOKENS = 512  # padded tokens per compiled call: a smaller grid than a server's 2,048 warms up sooner
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def server(run):
     engine = Engine(run, max_batch_tokens=MAX_BATCH_TOKENS, max_queue=MAX_QUEUE, max_wait_s=0.005,
                     watch_interval_s=0.2, call_tokens=CALL_TOKENS)
     sock = listen("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, MAX_TEXTS), log_level="warning", lifespan="on"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, MAX_TEXTS, MAX_BODY), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -241,6 +242,7 @@ def test_requests_after_warm_up_compile_nothing(server):
     ("/embed", {"text": ["x"] * (MAX_TEXTS + 1)}, 413, f"more than {MAX_TEXTS}"),
     ("/embed", {"text": [TEXTS[1] * 4] * MAX_TEXTS}, 413, "batch budget"),
     ("/nowhere", {"text": "hi"}, 404, "Not Found"),
+    ("/route", {"text": "x" * MAX_BODY}, 413, f"larger than the server reads ({MAX_BODY:,} bytes)"),
 ])
 def test_bad_requests_are_one_line_4xx(server, path, body, status, match):
     r = (server.client.post(path, content=body, headers={"content-type": "application/json"})
@@ -248,6 +250,24 @@ def test_bad_requests_are_one_line_4xx(server, path, body, status, match):
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert match in error and "\n" not in error
+
+
+def test_a_body_streamed_past_the_limit_is_413_and_the_server_stays_up(server):
+    """No Content-Length (chunked): the limit holds while the body arrives, not after."""
+    chunks = (b'{"text": "' + b"x" * 4096 for _ in range(2 * MAX_BODY // 4096))
+    r = server.client.post("/route", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than the server reads" in r.json()["error"]
+    assert server.client.post("/route", json={"text": TEXTS[0]}).status_code == 200
+
+
+@pytest.mark.parametrize("flag, value", [("--max-wait-ms", "inf"), ("--watch-interval", "nan"),
+                                         ("--watch-interval", "0"), ("--max-body-kb", "0")])
+def test_serve_flags_that_would_hang_or_spin_are_refused_before_anything_starts(run, capsys, flag, value):
+    from xelm.app.cli import main
+
+    assert main(["serve", "--run-dir", str(run), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xelm: error: {flag} ") and "\n" not in err
 
 
 def test_a_full_queue_is_503_with_retry_after_and_the_rest_are_answered(server):

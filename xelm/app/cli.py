@@ -53,7 +53,9 @@ def _data_and_tokenizer(sub) -> None:
     s.add_argument("--temperature", type=float, default=0.3,
                    help="language sampling exponent τ, p_l ∝ n_l^τ (1: as the data, ->0: uniform)")
     s.add_argument("--chars", type=int, default=2_000_000, help="characters of sampled training text")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="sampling seed, 0 to 2**32 - 1 (default 0)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into a folder holding files xelm did not write (replaces its tokenizer files)")
     _json(s)
     s = _verb(tok, "stats", "xelm.app.cmd_core:cmd_tokenizer_stats",
               "fertility and unknown-token rate per language, plot by script")
@@ -203,6 +205,8 @@ def _serve(sub) -> None:
                    help="tokens per engine batch (default 8192); a request with more is refused (413)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most (default 256); more get 503")
     p.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default 256)")
+    p.add_argument("--max-body-kb", type=int, default=1024,
+                   help="request body size at most, in KiB (default 1024); a larger one is refused (413)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="an idle engine waits this long for concurrent requests to batch (default 5)")
     p.add_argument("--watch-interval", type=float, default=1.0,

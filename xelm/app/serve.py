@@ -9,6 +9,7 @@ module checks requests, turns mistakes into one-line 4xx answers and overload in
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import time
@@ -29,6 +30,7 @@ from xelm.languages import to_iso3
 
 RETRY_AFTER_S = 1
 MAX_TEXTS = 256
+MAX_BODY_BYTES = 1 << 20  # a request body of more is refused (413) before it is parsed
 ENDPOINTS = ("/route", "/score", "/fill-mask", "/embed", "/experts", "/health", "/ready", "/metrics")
 ROUTER_HELP = ("language (needs lang) | tfidf | posterior | langid; default: language when lang is given, "
                "else tfidf")
@@ -58,18 +60,17 @@ class FillMaskQuery(Query):
 
 class Observe:
     """Count and time every request; read POST bodies as JSON whatever their content type says
-    (`curl -d` sends a form type). Plain ASGI: Starlette's BaseHTTPMiddleware costs more per request."""
+    (`curl -d` sends a form type), and refuse one of more than ``max_body`` bytes while it
+    arrives (parsing and tokenizing run on the event loop). Plain ASGI: Starlette's
+    BaseHTTPMiddleware costs more per request."""
 
-    def __init__(self, app, metrics, on_answer):
-        self.app, self.metrics, self.on_answer = app, metrics, on_answer
+    def __init__(self, app, metrics, on_answer, max_body: int = MAX_BODY_BYTES):
+        self.app, self.metrics, self.on_answer, self.max_body = app, metrics, on_answer, max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-        if scope["method"] == "POST":
-            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
-                (b"content-type", b"application/json")]
         status, t0 = 500, time.perf_counter()
 
         async def send_status(message):
@@ -80,12 +81,41 @@ class Observe:
 
         self.metrics.in_flight.inc()
         try:
+            if scope["method"] == "POST":
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
+                    (b"content-type", b"application/json")]
+                replay = await self._read_body(receive)
+                if replay is None:
+                    too_large = f"the request body is larger than the server reads ({self.max_body:,} bytes): split it"
+                    return await _error(413, too_large)(scope, receive, send_status)
+                receive = replay
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
             self.on_answer()
+
+    async def _read_body(self, receive):
+        """The whole body, read as it arrives and replayed to the app; None as soon as it passes
+        ``max_body`` bytes (a Content-Length is not needed to say so)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: the app sees that
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        pending = [message]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+        return replay
 
 
 def _error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
@@ -109,7 +139,7 @@ def _validation_message(e: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first['msg']}"
 
 
-def create_app(engine: Engine, max_texts: int = MAX_TEXTS) -> FastAPI:
+def create_app(engine: Engine, max_texts: int = MAX_TEXTS, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         await engine.start()
@@ -134,8 +164,8 @@ def create_app(engine: Engine, max_texts: int = MAX_TEXTS) -> FastAPI:
     async def _api(request, e):
         return _error(e.status, e.message, e.retry_after)
 
-    app.add_middleware(Observe, metrics=metrics, on_answer=lambda: setattr(app.state, "answered",
-                                                                          app.state.answered + 1))
+    app.add_middleware(Observe, metrics=metrics, max_body=max_body,
+                       on_answer=lambda: setattr(app.state, "answered", app.state.answered + 1))
 
     async def answer(kind: str, q: Query) -> tuple[list, str]:
         """Per text of ``q``, its answer; and the registry fingerprint that answered."""
@@ -168,7 +198,7 @@ def create_app(engine: Engine, max_texts: int = MAX_TEXTS) -> FastAPI:
                 langs = [to_iso3(code, "lang") for code in langs]
         except XelmError as e:
             raise ApiError(422, api_message(e)) from None
-        tokens = engine.count_tokens(texts)
+        tokens = await asyncio.get_running_loop().run_in_executor(engine.counter, engine.count_tokens, texts)
         if tokens > engine.max_batch_tokens:
             raise ApiError(413, f"the request has {tokens} tokens, more than the server's batch budget "
                                 f"({engine.max_batch_tokens}): split it")
@@ -250,13 +280,17 @@ def listen(host: str, port: int) -> socket.socket:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    for flag in ("max_batch_tokens", "max_queue", "max_texts"):
+    for flag in ("max_batch_tokens", "max_queue", "max_texts", "max_body_kb"):
         if getattr(args, flag) < 1:
             raise XelmError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
+    for flag, low in (("max_wait_ms", 0.0), ("watch_interval", 0.01), ("drain_timeout", 0.0)):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= low):  # inf waits forever, nan never watches
+            raise XelmError(f"--{flag.replace('_', '-')} {value} must be a finite number of at least {low:g}")
     engine = Engine(args.run_dir, args.registry, max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
                     max_wait_s=args.max_wait_ms / 1000, watch_interval_s=args.watch_interval,
                     temperature=args.temperature, prior=args.prior, warm_up=not args.no_warm_up)
-    app = create_app(engine, args.max_texts)
+    app = create_app(engine, args.max_texts, args.max_body_kb * 1024)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"

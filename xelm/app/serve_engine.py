@@ -102,9 +102,10 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.index_path = run_registry(self.run_dir, registry).index_path
         self.served = self._build()  # here, not later: a bad run or an empty registry fails before listening
-        self.tokenizer = RunDir(self.run_dir).tokenizer()  # the event loop's own, for counting tokens
+        self.tokenizer = RunDir(self.run_dir).tokenizer()  # the counting thread's own
         self.ready, self.ready_error, self.closing = False, None, False
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="xelm-engine")
+        self.counter = ThreadPoolExecutor(1, thread_name_prefix="xelm-count")  # off the event loop: long texts
         self.queue: asyncio.Queue | None = None
         self._carry: Job | None = None
         self._tasks: list[asyncio.Task] = []
@@ -253,11 +254,13 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=True)
+        self.counter.shutdown(wait=True)
 
     def depth(self) -> int:
         return (self.queue.qsize() if self.queue else 0) + (self._carry is not None)
 
     def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the texts take in a batch (each capped at ``max_len``); on ``counter``'s thread."""
         ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         return sum(min(len(seq), self.served.model.max_len) for seq in ids)
 

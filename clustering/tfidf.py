@@ -140,5 +140,9 @@ def fit_clusters(documents: list[str], k: int, sizes_N: np.ndarray | None = None
         labels, centroids = balanced_kmeans(x_NxD, k, sizes_N, seed=seed)
     else:
         labels, centroids = kmeans(x_NxD, k, seed=seed)
+    found = len(np.unique(labels))
+    if found < k:  # k-means puts identical documents together: fewer distinct texts than clusters
+        raise XelmError(f"TF-IDF clustering found {found} distinct clusters for k={k}: some languages' texts are "
+                        f"identical or nearly so; use k <= {found} or give those languages their own texts")
     space.centroids_KxD = _unit_rows(np.asarray(centroids, dtype=np.float64))
     return space, np.asarray(labels), x_NxD

@@ -16,6 +16,8 @@ Weights (sum 1), and why:
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from clustering import uriel
@@ -34,6 +36,8 @@ def parse_features(spec: str | dict | None) -> dict[str, float]:
         items = {}
         for part in (p.strip() for p in spec.split(",") if p.strip()):
             name, _, weight = part.partition(":")
+            if name.strip() in items:
+                raise XelmError(f"feature set {name.strip()!r} is given twice in {spec!r}: give each once")
             try:
                 items[name.strip()] = float(weight) if weight else 1.0
             except ValueError:
@@ -43,8 +47,9 @@ def parse_features(spec: str | dict | None) -> dict[str, float]:
     if unknown or not spec:
         raise XelmError(f"unknown typology feature set {', '.join(map(repr, unknown)) or '(none given)'}: "
                         f"choose among {', '.join(FEATURE_SETS)}")
-    bad = [name for name, w in spec.items() if not (np.isfinite(w) and w >= 0)]
-    total = sum(spec.values())
+    bad = [name for name, w in spec.items()
+           if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (np.isfinite(w) and w >= 0)]
+    total = 0.0 if bad else sum(spec.values())
     if bad or total <= 0:
         raise XelmError(f"feature weights must be non-negative numbers with a positive sum, got {dict(spec)}")
     return {name: round(w / total, 6) for name, w in spec.items()}

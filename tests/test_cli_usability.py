@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def test_texts_from_flags_files_and_stdin(tmp_path):
         read_inputs(None, None)
     with pytest.raises(XelmError, match="once"):
         read_inputs(["-"], "-", stdin=Stdin("x"))
+    # line numbers are the file's: U+2028, NEL and a form feed are text, not line ends; a BOM is no text
+    plain.write_bytes("\ufeffone\u2028two\x0cthree\r\nfour\x85five\n".encode())
+    got = read_inputs(None, str(plain))
+    assert got.texts == ["one\u2028two\x0cthree", "four\x85five"] and got.lines == [1, 2]
+    got = read_inputs(None, "-", stdin=Stdin('\ufeff{"text": "x\u2028y"}\n'))
+    assert got.texts == ["x\u2028y"]
+    fifo = tmp_path / "pipe"  # --file <(cmd) names a pipe
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("from a pipe\n"))
+    writer.start()
+    assert read_inputs(None, str(fifo)).texts == ["from a pipe"]
+    writer.join()
 
 
 def test_language_codes_as_users_write_them():

@@ -212,6 +212,13 @@ def test_bad_input_is_one_line_naming_the_value(languages, k, method, match):
     assert "\n" not in str(err.value)
 
 
+def test_tfidf_clusters_of_identical_texts_are_refused_not_merged(texts):
+    """k-means cannot split identical documents: the plan would hold fewer clusters than its k."""
+    same = {"eng": texts["eng"], "fra": texts["eng"], "deu": texts["deu"]}
+    with pytest.raises(XelmError, match="found 2 distinct clusters for k=3"):
+        plan(["eng", "fra", "deu"], method="tfidf", k=3, texts_by_lang=same)
+
+
 def test_bad_sizes_are_named():
     with pytest.raises(XelmError, match="no size for spa"):
         plan(["fra", "spa"], k=1, sizes={"fra": 1.0}, balanced=True)
@@ -360,7 +367,8 @@ def test_features_choose_the_typology_mix_and_the_plan_records_it():
     geo_only = plan(langs, k=3, features="geo")
     assert geo_only["clusters"] != fam_only["clusters"]  # the mix really changes the plan
     for bad, what in (("syntax", "unknown typology feature set"), ("fam:x", "not a number"),
-                      ("fam:-1", "non-negative")):
+                      ("fam:-1", "non-negative"), ("fam:1,fam:0,geo:1", "'fam' is given twice"),
+                      ({"fam": "1"}, "non-negative numbers")):
         with pytest.raises(XelmError, match=what):
             parse_features(bad)
 

@@ -80,13 +80,11 @@ def _blind_posterior(xelm, cluster: list[str], texts: list[str], lp_ExNxK, w_NxK
     def loglik(ts: list[str]) -> np.ndarray:
         """Scored texts: set 0's blind evidence; any other text (the transfer probe's): the
         experts' own likelihoods, as ``xelm route`` has them."""
-        known = np.array([t in row_of for t in ts], bool)
-        out_NxE = np.zeros((len(ts), len(cluster)))
-        if known.any():
-            out_NxE[known] = ll_JxNxE[0][[row_of[t] for t in np.asarray(ts, object)[known]]]
-        if not known.all():
-            out_NxE[~known] = xelm.loglik(list(np.asarray(ts, object)[~known]))
-        return out_NxE
+        ll_NxE = ll_JxNxE[0][[row_of.get(t, 0) for t in ts]]  # a copy
+        new = [i for i, t in enumerate(ts) if t not in row_of]
+        if new:
+            ll_NxE[new] = xelm.loglik([ts[i] for i in new])
+        return ll_NxE
     xelm.use_router("posterior", PosteriorRouter(cluster, loglik))
     return ll_JxNxE, [Routing(cluster, softmax_rows(ll_NxE), "posterior") for ll_NxE in ll_JxNxE]
 

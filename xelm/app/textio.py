@@ -34,12 +34,12 @@ def _read(path: str, stdin) -> tuple[str, str]:
         if stdin.isatty():
             raise XelmError("reading texts from stdin, but stdin is a terminal: pipe text in "
                             "(`cat texts.txt | xelm ... --file -`) or give --text / --file PATH")
-        return stdin.read(), "stdin"
+        return stdin.read().removeprefix("\ufeff"), "stdin"  # a byte-order mark is not text
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists() or p.is_dir():  # a pipe is fine: --file <(cmd)
         raise XelmError(f"--file {path}: no such file (give a text file with one text per line, or JSONL)")
     try:
-        return p.read_text(encoding="utf-8"), str(p)
+        return p.read_text(encoding="utf-8-sig"), str(p)
     except UnicodeDecodeError as e:
         raise XelmError(f"--file {path} is not UTF-8 text (byte {e.start}): convert it to UTF-8") from None
 
@@ -52,8 +52,10 @@ def _is_jsonl(name: str, lines: list[str]) -> bool:
 
 
 def parse_lines(raw: str, name: str, default_lang: str | None) -> Inputs:
-    """The texts of one file (or stdin): plain lines, or JSONL records ``{"text", "lang"?}``."""
-    lines = raw.splitlines()
+    """The texts of one file (or stdin): plain lines, or JSONL records ``{"text", "lang"?}``. Lines
+    end at newlines only (``splitlines`` also ends them at U+2028, NEL and form feeds, which are
+    text: the answers would no longer pair with the input's lines)."""
+    lines = [line.removesuffix("\r") for line in raw.split("\n")]
     jsonl = _is_jsonl(name, lines)
     texts, langs, numbers = [], [], []
     for n, line in enumerate(lines, 1):

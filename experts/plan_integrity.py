@@ -52,8 +52,11 @@ def check_dense_matches(run: RunDir, plan: dict, cards: list[dict], dense: dict)
 def plan_languages(run: RunDir | str) -> list[str]:
     """The languages a run's plan should cover: every language of the run's corpus with training
     text (or the config's ``data.languages``), except those held out for HMR."""
-    run = RunDir(run)
-    cfg = run.config()
+    return languages_to_plan(RunDir(run).config())
+
+
+def languages_to_plan(cfg) -> list[str]:
+    """:func:`plan_languages` of a run with config ``cfg``, before the run exists."""
     with_text = languages_with_text(load_corpus(cfg.data.corpus)["train"])
     chosen = set(cfg.data.languages) & with_text if cfg.data.languages else with_text
     return sorted(chosen - set(cfg.data.exclude_languages))

@@ -101,6 +101,8 @@ MISTAKES = {  # name: (argv with RUN / TMP placeholders, a word the message must
     "import-hf missing": (["import-hf", "TMP/nowhere", "--run-dir", "TMP/new"], "nowhere"),
     "export-hf expert unknown": (["export-hf", "--run-dir", "RUN", "--expert", "nope", "--out", "TMP/new"], "nope"),
     "demo config missing": (["demo", "--config", "TMP/nowhere.yaml", "--run-dir", "TMP/new"], "nowhere.yaml"),
+    "demo more clusters than languages": (["demo", "--config", "TINY", "--run-dir", "TMP/new",
+                                           "data.languages=[eng,fra,spa]", "experts.k=4"], "experts.k=4"),
 }
 
 

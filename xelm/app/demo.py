@@ -14,7 +14,7 @@ from pathlib import Path
 from clustering.build import build_plan
 from clustering.planning import write_plan
 from clustering.typology import parse_features
-from experts.plan_integrity import plan_languages
+from experts.plan_integrity import languages_to_plan, plan_languages
 from experts.registry import run_registry
 from experts.training import add_language, train_all, train_baseline, train_control
 from xelm.app.console import interactive, print_json
@@ -55,6 +55,10 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     cfg = load_config(config_path(config), overrides)
     parse_features(cfg.experts.features)  # a typo fails now, not after pre-training
     run = RunDir(run_dir)
+    planned = len(languages_to_plan(cfg))
+    if not run.plan_file.exists() and cfg.experts.k > planned:  # likewise
+        raise XelmError(f"experts.k={cfg.experts.k} is more than the {planned} languages the plan would cluster: "
+                        f"use experts.k <= {planned}")
     if base_from is not None and not run.is_run():
         run.adopt_base(base_from, cfg)
     run_dir = run.root

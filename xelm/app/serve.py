@@ -61,8 +61,8 @@ class FillMaskQuery(Query):
 class Observe:
     """Count and time every request; read POST bodies as JSON whatever their content type says
     (`curl -d` sends a form type), and refuse one of more than ``max_body`` bytes while it
-    arrives (parsing and tokenizing run on the event loop). Plain ASGI: Starlette's
-    BaseHTTPMiddleware costs more per request."""
+    arrives (JSON is parsed on the event loop). Plain ASGI: Starlette's BaseHTTPMiddleware costs
+    more per request."""
 
     def __init__(self, app, metrics, on_answer, max_body: int = MAX_BODY_BYTES):
         self.app, self.metrics, self.on_answer, self.max_body = app, metrics, on_answer, max_body

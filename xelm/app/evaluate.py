@@ -360,6 +360,9 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
     _, plan, tok, _, cluster_cards, own, _, texts, langs, paragraph = _held_out(run, split)
     cluster = [c["name"] for c in cluster_cards]
     xelm = XELM.from_run(run.root, max_len=PARAGRAPH_MAX_LEN, experts=cluster)
+    # Unseen-script texts are routed per mask set below: the posterior router's own pass over
+    # them (every expert on every token) would be thrown away, so it answers uniform here.
+    xelm.use_router("posterior", PosteriorRouter(cluster, lambda ts: np.zeros((len(ts), len(cluster)))))
     routing = xelm.route(texts, router=TOP1[0], top_k=TOP1[1])
     fallback = np.array([UNSEEN_SCRIPT in note for note in routing.notes], bool)
     chosen = routing.weights.argmax(1)

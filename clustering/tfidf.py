@@ -84,14 +84,20 @@ class TfidfSpace:
 
     def transform(self, texts: list[str]) -> np.ndarray:
         """[n, D] unit vectors of texts in the SVD space."""
+        return self.transform_known(texts)[0]
+
+    def transform_known(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`transform`, and [n] whether the text has any known n-gram with a character other
+        than a space (every text has the space that pads its words)."""
         cached = self._built.get("counter")
         if cached is None or cached[0] is not self.vocabulary:
             from sklearn.feature_extraction.text import CountVectorizer
 
             counter = CountVectorizer(analyzer="char_wb", ngram_range=self.ngram_range,
                                       vocabulary={g: i for i, g in enumerate(self.vocabulary)}, dtype=np.float64)
-            cached = self._built["counter"] = (self.vocabulary, counter)
-        return self._project(self._weigh(cached[1].transform(list(texts))))
+            cached = self._built["counter"] = (self.vocabulary, counter, not_blank(self.vocabulary))
+        counts_NxF = cached[1].transform(list(texts))
+        return self._project(self._weigh(counts_NxF)), counts_NxF @ cached[2] > 0
 
     def distances_to_centroids(self, texts: list[str]) -> np.ndarray:
         """[n, K] cosine distances from each text to each cluster centroid (the router's input)."""
@@ -130,6 +136,11 @@ class TfidfSpace:
                 (len(centroids) and centroids.shape[1] != components.shape[0]) or len(space.names) != len(centroids):
             raise XelmError(f"damaged TF-IDF space in {directory}: array shapes do not match")
         return space
+
+
+def not_blank(vocabulary: list[str]) -> np.ndarray:
+    """[F] 1 where an n-gram holds a character other than a space (char_wb pads words with them)."""
+    return np.array([float(bool(gram.strip())) for gram in vocabulary])
 
 
 def fit_clusters(documents: list[str], k: int, sizes_N: np.ndarray | None = None, balanced: bool = False,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from clustering.tfidf import not_blank
 from routing.language import LanguageRouter
 from routing.routes import Routing, softmax_rows
 from routing.runfiles import corpus_split, read_meta, router_dir, write_meta
@@ -39,6 +40,7 @@ class LangId:
         self._log1p_LxF.data = np.log1p(self._log1p_LxF.data / alpha)
         totals_L = np.asarray(self.counts_LxF.sum(1)).ravel()
         self._log_norm_L = np.log(alpha) - np.log(totals_L + alpha * len(vocabulary))
+        self._not_blank_F = not_blank(vocabulary)  # the space padding every word is known to any text
         self._vectorizer = CountVectorizer(analyzer="char_wb", ngram_range=self.ngram_range, dtype=np.float64,
                                            vocabulary={g: i for i, g in enumerate(vocabulary)})
 
@@ -64,7 +66,7 @@ class LangId:
         x_NxF = self._vectorizer.transform(list(texts))
         n_N = np.asarray(x_NxF.sum(1)).ravel()
         scores = np.asarray((x_NxF @ self._log1p_LxF.T).todense()) + n_N[:, None] * self._log_norm_L[None, :]
-        return np.log(softmax_rows(scores) + 1e-30), n_N > 0
+        return np.log(softmax_rows(scores) + 1e-30), x_NxF @ self._not_blank_F > 0
 
     def predict(self, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Language, its probability, and whether the text had any known n-gram."""

@@ -66,10 +66,11 @@ class TfidfRouter:
         self.space, self.names, self.temperature = space, list(experts), temperature
 
     def route(self, texts: list[str], top_k: int | None = None, lang=None) -> Routing:
-        x_NxD = self.space.transform(texts)
+        x_NxD, known_N = self.space.transform_known(texts)
         d_NxL = 1.0 - x_NxD @ self.space.centroids_KxD.T
         d_NxE = np.stack([d_NxL[:, cols].min(1) for cols in self.columns.values()], axis=1)
         w_NxE = softmax_rows(-d_NxE**2 / self.temperature)
-        notes = [{} if x.any() else {"fallback": "no character n-gram of the text occurs in the experts' "
-                                                 "training text: weights are uniform"} for x in x_NxD]
+        w_NxE[~known_N] = 1.0 / len(self.names)
+        notes = [{} if known else {"fallback": "no character n-gram of the text occurs in the experts' "
+                                               "training text: weights are uniform"} for known in known_N]
         return Routing(self.names, w_NxE, self.name, notes).top_k(top_k)

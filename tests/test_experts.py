@@ -215,3 +215,16 @@ def test_two_processes_registering_at_once_both_land(tmp_path):
     for name in reg.names():
         reg.load(name)  # every checkpoint complete and matching its card
     assert not [p for p in root.iterdir() if p.name.startswith(".staging") or p.suffix == ".tmp"]
+
+
+def test_baseline_without_validation_text_says_so(monkeypatch, capsys):
+    """A corpus with no validation text in the baseline's languages: the summary has no loss
+    (it was a TypeError on every run, the summary being written before the line)."""
+    from types import SimpleNamespace
+
+    from xelm.app import cmd_experts
+
+    summary = {"tokens_trained": 1024, "expert_tokens": {"a": 1024}, "languages": ["eng"], "validation_loss": None}
+    monkeypatch.setattr(cmd_experts, "train_baseline", lambda *a, **k: summary)
+    assert cmd_experts.cmd_baseline(SimpleNamespace(run_dir="run", registry=None, json=False)) == 0
+    assert capsys.readouterr().out.strip().endswith("on 1 languages; validation loss n/a")

@@ -306,6 +306,8 @@ def test_exported_expert_fills_the_same_query_in_the_pipeline(tiny_expert_run, t
     tok = hf.AutoTokenizer.from_pretrained(out)
     assert tok.mask_token == "<mask>" and tok.mask_token_id == hf.AutoTokenizer.from_pretrained(
         run / "tokenizer").mask_token_id
+    max_len = json.loads((out / "config.json").read_text())["max_position_embeddings"]
+    assert tok.model_max_length == max_len  # transformers' truncation cuts where the positions end
     assert "<mask>" in (out / "README.md").read_text()
     want = hf.pipeline("fill-mask", model=str(out), device="cpu")(QUERY, top_k=5)
     capsys.readouterr()

@@ -92,6 +92,18 @@ def test_language_router_falls_back_to_typologically_nearest_expert(xelm):
     assert r["language"] == "por" and "fallback" in r and r["experts"][0]["name"] == _expert_of(xelm, "spa")
 
 
+def test_text_of_no_known_n_gram_gets_uniform_weights_and_says_so(xelm):
+    """Emoji and symbols share only the space that pads every word with the experts' text: that
+    is no evidence (it made every text "known", so the fallback never fired)."""
+    texts = ["🙂 🙂", "∑∫ ∂∇", TEXTS[0]]
+    r = xelm.route(texts, router="tfidf")
+    for i in (0, 1):
+        assert "no character n-gram" in r.notes[i]["fallback"]
+        np.testing.assert_allclose(r.weights[i], 1 / len(xelm.names))
+    assert "fallback" not in r.notes[2]
+    assert xelm.router("langid").langid.predict(texts)[2].tolist() == [False, False, True]
+
+
 def test_a_temperature_variant_routes_over_the_same_experts(run, xelm):
     """``xelm serve``'s per-request temperature: the served experts (not the registry's current
     ones, nor all of them when a subset is served), their loaded models shared."""

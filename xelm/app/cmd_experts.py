@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -75,8 +76,10 @@ def train_parallel(run_dir: Path, tokens: int | None, registry: str | None, jobs
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "xelm", "expert", "train", "--run-dir", str(run_dir), "--cluster", name,
                *(["--tokens", str(tokens)] if tokens else []), *(["--registry", registry] if registry else [])]
+        # N processes share the accelerator: none may take JAX's default 75% of its memory up front
+        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         with open(log, "w") as f:
-            return name, subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+            return name, subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
     with ThreadPoolExecutor(jobs) as pool:
         failed = [(n, rc) for n, rc in pool.map(one, names) if rc != 0]
@@ -202,6 +205,7 @@ def cmd_baseline(args) -> int:
     if args.json:
         print_json(s)
     else:
+        loss = s["validation_loss"]  # None: the corpus has no validation text in these languages
         print(f"dense baseline: {s['tokens_trained']:,} tokens (experts: {sum(s['expert_tokens'].values()):,}) "
-              f"on {len(s['languages'])} languages; validation loss {s['validation_loss']:.3f}")
+              f"on {len(s['languages'])} languages; validation loss {'n/a' if loss is None else f'{loss:.3f}'}")
     return 0

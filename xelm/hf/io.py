@@ -159,7 +159,7 @@ def export_hf(model: Encoder, tok, out: str | Path, card: dict | None = None, ov
     try:
         write_json(stage / "config.json", config)
         save_file(conv.to_hf(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
-        mask = export_tokenizer(tok, stage)
+        mask = export_tokenizer(tok, stage, model.cfg.max_len)
         write_text(stage / "README.md", model_card(card, config, mask))
         for f in stage.iterdir():
             os.chmod(f, 0o644)  # as any file a user writes: others may read it
@@ -175,11 +175,15 @@ def export_hf(model: Encoder, tok, out: str | Path, card: dict | None = None, ov
     return out
 
 
-def export_tokenizer(tok, out: Path) -> str:
+def export_tokenizer(tok, out: Path, max_len: int) -> str:
     """Save ``tok`` in ``out`` with ``<mask>`` as its mask token (same id), so that the text a
     user writes for xelm works in transformers' fill-mask pipeline as well. The mask token
-    absorbs the spaces around it, as xelm's fill-mask does. Returns the mask token written."""
+    absorbs the spaces around it, as xelm's fill-mask does. ``max_len``: the model's positions,
+    where transformers' truncation must cut. Returns the mask token written."""
     tok.save_pretrained(str(out))
+    config_file = out / "tokenizer_config.json"
+    if config_file.is_file():
+        write_json(config_file, {**read_json(config_file, "tokenizer config"), "model_max_length": max_len})
     old, mask_id = tok.mask_token, tok.mask_token_id
     if old == MASK or MASK in tok.get_vocab():  # already <mask>, or the name is taken: keep it
         return old

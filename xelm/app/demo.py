@@ -14,7 +14,7 @@ from pathlib import Path
 from clustering.build import build_plan
 from clustering.planning import write_plan
 from clustering.typology import parse_features
-from experts.plan_integrity import languages_to_plan, plan_languages
+from experts.plan_integrity import languages_to_plan
 from experts.registry import run_registry
 from experts.training import add_language, train_all, train_baseline, train_control
 from xelm.app.console import interactive, print_json
@@ -55,10 +55,11 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     cfg = load_config(config_path(config), overrides)
     parse_features(cfg.experts.features)  # a typo fails now, not after pre-training
     run = RunDir(run_dir)
-    planned = len(languages_to_plan(cfg))
-    if not run.plan_file.exists() and cfg.experts.k > planned:  # likewise
-        raise XelmError(f"experts.k={cfg.experts.k} is more than the {planned} languages the plan would cluster: "
-                        f"use experts.k <= {planned}")
+    # every corpus language with text, not only those the base sampled; None: the run has its plan
+    to_plan = None if run.plan_file.exists() else languages_to_plan(cfg)
+    if to_plan is not None and cfg.experts.k > len(to_plan):  # likewise
+        raise XelmError(f"experts.k={cfg.experts.k} is more than the {len(to_plan)} languages the plan would "
+                        f"cluster: use experts.k <= {len(to_plan)}")
     if base_from is not None and not run.is_run():
         run.adopt_base(base_from, cfg)
     run_dir = run.root
@@ -79,8 +80,7 @@ def run_demo(config: str | Path | None, run_dir: str | Path, overrides: list[str
     ec = cfg.experts
     with clock.stage("cluster plan"):
         if not run.plan_file.exists():
-            languages = plan_languages(run)  # every corpus language with text, not only those the base sampled
-            result = build_plan(languages, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir,
+            result = build_plan(to_plan, cfg.data.corpus, ec.method, ec.k, ec.balanced, cfg.train.seed, run_dir,
                                 features=ec.features, by_script=ec.by_script)
             write_plan(result, run.plan_file)
     plan = run.plan()

@@ -53,6 +53,18 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert not (a.input_ids_BxS == c.input_ids_BxS).all()
 
 
+def test_language_probabilities_are_token_shares_not_document_shares():
+    """A language of documents ten times as long gets the share it was given, not ten times it."""
+    docs = {"eng": [np.arange(5, 15)] * 4, "tha": [np.arange(5, 105)] * 4}  # 10 and 100 tokens
+    corpus = TokenizedCorpus(docs, [0, 1, 2, 3, 4])
+    kw = dict(batch_size=8, seq_len=64, mask_ratio=0.3, mask_id=4, vocab_size=200, seed=3)
+    totals = {"eng": 0, "tha": 0}
+    for step in range(60):
+        for lang, n in make_batch(corpus, {"eng": 0.5, "tha": 0.5}, **kw, step=step)[1].items():
+            totals[lang] += n
+    assert 0.45 < totals["eng"] / sum(totals.values()) < 0.55
+
+
 # -------------------------------------------------------------------------- curriculum
 STAGES = (Stage("pre", 0.5, ("eng", "fra"), 0.3, 0.7), Stage("mid", 0.8, "all", 0.15, 0.5),
           Stage("decay", 1.0, "all", 0.05, 0.3))

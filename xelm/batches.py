@@ -46,6 +46,7 @@ class TokenizedCorpus:
         if not self.docs:
             raise XelmError("the training corpus has no documents")
         self.special_ids = np.array(sorted(set(special_ids)), dtype=np.int32)
+        self.mean_length = {lang: float(np.mean([len(d) for d in docs])) for lang, docs in self.docs.items()}
 
     @classmethod
     def from_texts(cls, tokenizer, langs: list[str], texts: list[str]) -> TokenizedCorpus:
@@ -58,6 +59,14 @@ class TokenizedCorpus:
     def sizes(self) -> dict[str, int]:
         """Tokens per language: what the temperature sampling weighs."""
         return {lang: int(sum(len(d) for d in docs)) for lang, docs in self.docs.items()}
+
+    def document_draws(self, token_shares: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
+        """The languages and the chance of drawing each one's next document so that, in
+        expectation, language l gets ``token_shares[l]`` of the tokens: a language of long
+        documents is drawn less often (share / mean document length, renormalised)."""
+        langs = list(token_shares)
+        p = np.array([token_shares[lang] / self.mean_length[lang] for lang in langs], dtype=np.float64)
+        return langs, p / p.sum()
 
 
 def pack(docs: list[np.ndarray], rows: int, seq_len: int):
@@ -97,11 +106,10 @@ def mask_rows(ids_BxS: np.ndarray, mask_ratio: float, rng: np.random.Generator, 
 def make_batch(corpus: TokenizedCorpus, probs: Mapping[str, float], *, batch_size: int, seq_len: int,
                mask_ratio: float, mask_id: int, vocab_size: int, seed: int,
                step: int) -> tuple[MLMBatch, dict[str, int]]:
-    """The batch for ``step`` and its tokens per language: languages drawn by ``probs``,
-    documents uniformly within each."""
+    """The batch for ``step`` and its tokens per language: ``probs`` is each language's expected
+    share of the tokens (not of the documents), documents uniformly within each language."""
     rng = np.random.default_rng([seed, step])
-    langs = list(probs)
-    p = np.array([probs[lang] for lang in langs])
+    langs, p = corpus.document_draws(probs)
     need, docs, counts = batch_size * seq_len, [], {}
     while need > 0:
         lang = langs[rng.choice(len(langs), p=p)]

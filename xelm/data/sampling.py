@@ -1,7 +1,8 @@
 """Language-balanced sampling with a temperature, shared by the tokenizer and training.
 
 p_l ∝ n_l^τ: τ = 1 follows the data, τ -> 0 is uniform over languages (the XLM-R / mmBERT
-convention, where annealing τ 0.7 -> 0.5 -> 0.3 moves towards uniform).
+convention, where annealing τ 0.7 -> 0.5 -> 0.3 moves towards uniform). p_l is a share of the
+text (characters here, tokens in training: see ``TokenizedCorpus.document_draws``).
 """
 
 from __future__ import annotations

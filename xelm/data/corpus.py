@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xelm.data.writing_systems import dominant_script
-from xelm.errors import XelmError
+from xelm.errors import XelmError, first_line
 from xelm.languages import language_name, to_iso3
 
 SPLITS = ("train", "validation", "test")
@@ -212,7 +212,7 @@ def _read_records(f: Path) -> list[dict]:
     except RecursionError:
         raise XelmError(f"corpus file {f} is not JSON lines (nested too deeply)") from None
     except (OSError, pa.ArrowException) as e:
-        raise XelmError(f"corpus file {f} cannot be read: {_first_line(e)}") from None
+        raise XelmError(f"corpus file {f} cannot be read: {first_line(e)}") from None
     if len(records) > MAX_ROWS:
         raise _too_big(f, f"{MAX_ROWS:,} rows")
     for i, r in enumerate(records):
@@ -239,16 +239,12 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def _hub_table(name: str) -> pa.Table:
     """A hub dataset whose config names are language codes (e.g. 'eng', 'fr'); needs network."""
     try:
         configs = datasets.get_dataset_config_names(name)
     except Exception as e:  # the hub client raises many kinds; the message is what matters
-        raise XelmError(f"hub dataset {name!r} cannot be listed: {_first_line(e)}") from None
+        raise XelmError(f"hub dataset {name!r} cannot be listed: {first_line(e)}") from None
     rows: dict[str, list] = {c: [] for c in (*COLUMNS, "split")}
     for config in configs:
         where = f"hub dataset {name!r} config {config!r}"
@@ -256,8 +252,8 @@ def _hub_table(name: str) -> pa.Table:
         try:
             ds = datasets.load_dataset(name, config)
         except Exception as e:  # as above
-            cause = f" ({_first_line(e.__cause__)})" if e.__cause__ else ""
-            raise XelmError(f"{where} cannot be loaded: {_first_line(e)}{cause}") from None
+            cause = f" ({first_line(e.__cause__)})" if e.__cause__ else ""
+            raise XelmError(f"{where} cannot be loaded: {first_line(e)}{cause}") from None
         for split, part in ds.items():
             if split not in HUB_SPLITS:
                 raise XelmError(f"{where} has split {split!r}, which xelm cannot place: the known splits "

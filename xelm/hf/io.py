@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from xelm.errors import XelmError
+from xelm.errors import XelmError, first_line
 from xelm.files import check_output_dir, inside, read_json, write_json, write_text
 from xelm.hf.card import model_card
 from xelm.hf.families import converter_for, converter_for_hf
@@ -24,15 +24,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 MASK = "<mask>"  # the mask token users write for xelm, and the one an exported tokenizer has
 MARK = "xelm"  # config.json key that marks a folder as an earlier export (and says where from)
-TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
-                   "tokenizer.model", "chat_template.jinja"}
-EXPORT_FILES = {"config.json", "model.safetensors", "README.md"} | TOKENIZER_FILES
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+# every file a transformers tokenizer's save_pretrained may write (an export may overwrite only these)
+HF_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                      "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+                      "tokenizer.model", "chat_template.jinja"}
+EXPORT_FILES = {"config.json", "model.safetensors", "README.md"} | HF_TOKENIZER_FILES
 
 
 # ------------------------------------------------------------------------------- reading
@@ -65,7 +61,7 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
         except XelmError:
             raise
         except Exception as e:  # a truncated or damaged file
-            raise XelmError(f"{path / name} cannot be read ({_first_line(e)}): re-download the checkpoint") from None
+            raise XelmError(f"{path / name} cannot be read ({first_line(e)}): re-download the checkpoint") from None
     return {k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v
             for k, v in out.items()}
 
@@ -99,7 +95,7 @@ def load_hf(path: str | Path, dtype: str = "auto", name: str | None = None) -> t
     try:
         hf = AutoConfig.from_pretrained(str(path))
     except Exception as e:
-        raise XelmError(f"{path / 'config.json'} cannot be read by transformers ({_first_line(e)})") from None
+        raise XelmError(f"{path / 'config.json'} cannot be read by transformers ({first_line(e)})") from None
     conv = converter_for_hf(hf)
     cfg = replace(conv.config_from_hf(hf), dtype=dtype)
     model = Encoder(cfg, rngs=nnx.Rngs(0))
@@ -107,7 +103,7 @@ def load_hf(path: str | Path, dtype: str = "auto", name: str | None = None) -> t
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:
-        raise XelmError(f"the tokenizer in {path} cannot be loaded ({_first_line(e)})") from None
+        raise XelmError(f"the tokenizer in {path} cannot be loaded ({first_line(e)})") from None
     if tok.mask_token_id is None:
         raise XelmError(f"the tokenizer in {path} has no mask token: masked-LM training needs one")
     name = name or raw.get("_name_or_path") or path.absolute().name

@@ -52,6 +52,12 @@ ROWS = {  # every row names its method, so a base made under another default rea
     "tfidf-k32-8-unbalanced": {"method": "tfidf", "k": 32, "by_script": False, "tokens": 32768, "balanced": False},
     "tfidf-k16-16-unbalanced-lr3e-3": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
                                        "balanced": False, "lr": 0.003},
+    # The experts' language sampling inside a cluster (experts.temperature, 0.5 by default): lower
+    # is nearer uniform, so the small languages of a mixed cluster get a larger share of its tokens.
+    "tfidf-k16-16-unbalanced-t0.3": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
+                                     "balanced": False, "temperature": 0.3},
+    "tfidf-k16-16-unbalanced-t0.1": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
+                                     "balanced": False, "temperature": 0.1},
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")

@@ -35,29 +35,35 @@ from xelm.config import from_dict, to_dict  # noqa: E402
 from xelm.files import read_json, write_json, write_text  # noqa: E402
 from xelm.rundir import RunDir  # noqa: E402
 
-# name -> experts.* overrides; per-expert tokens are steps x 32 rows x 128 tokens.
-ROWS = {  # every row names its method, so a base made under another default reads the same
-    "typology-k4-32": {"method": "typology", "k": 4, "by_script": False, "tokens": 131072},
-    "typology-k4-64": {"method": "typology", "k": 4, "by_script": False, "tokens": 262144},
-    "script-k8-32": {"method": "typology", "k": 8, "by_script": True, "tokens": 131072},
-    "script-k8-32-lr3e-3": {"method": "typology", "k": 8, "by_script": True, "tokens": 131072, "lr": 0.003},
-    "script-k8-16": {"method": "typology", "k": 8, "by_script": True, "tokens": 65536},
-    "tfidf-k8-32": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 131072},
-    "tfidf-k8-128": {"method": "tfidf", "k": 8, "by_script": False, "tokens": 524288},  # the study's experts
-    "tfidf-k16-16": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536},  # the demo's total compute
-    "tfidf-k16-32": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 131072},
+
+def row(method: str, k: int, steps: int, *, balanced: bool = True, by_script: bool = False, **extra) -> dict:
+    """One row's ``experts.*`` overrides. Every row names its method, k, size balance and script
+    split, so a base whose config has other defaults (the demo's plan is unbalanced) still runs
+    the row its name says; ``lr`` and ``temperature`` come from the base unless given."""
+    return {"method": method, "k": k, "by_script": by_script, "balanced": balanced, "tokens": steps * 32 * 128,
+            **extra}
+
+
+# name -> experts.* overrides; a step is 32 rows of 128 tokens.
+ROWS = {
+    "typology-k4-32": row("typology", 4, 32),
+    "typology-k4-64": row("typology", 4, 64),
+    "script-k8-32": row("typology", 8, 32, by_script=True),
+    "script-k8-32-lr3e-3": row("typology", 8, 32, by_script=True, lr=0.003),
+    "script-k8-16": row("typology", 8, 16, by_script=True),
+    "tfidf-k8-32": row("tfidf", 8, 32),
+    "tfidf-k8-128": row("tfidf", 8, 128),  # the study's experts
+    "tfidf-k16-16": row("tfidf", 16, 16),  # the demo's total compute
+    "tfidf-k16-32": row("tfidf", 16, 32),
     # k-means without the size balance: a small language stays with the relatives it shares subwords
     # with, however large that cluster grows (balanced clusters split the Cyrillic and Latin groups).
-    "tfidf-k16-16-unbalanced": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536, "balanced": False},
-    "tfidf-k32-8-unbalanced": {"method": "tfidf", "k": 32, "by_script": False, "tokens": 32768, "balanced": False},
-    "tfidf-k16-16-unbalanced-lr3e-3": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
-                                       "balanced": False, "lr": 0.003},
+    "tfidf-k16-16-unbalanced": row("tfidf", 16, 16, balanced=False),
+    "tfidf-k32-8-unbalanced": row("tfidf", 32, 8, balanced=False),
+    "tfidf-k16-16-unbalanced-lr3e-3": row("tfidf", 16, 16, balanced=False, lr=0.003),
     # The experts' language sampling inside a cluster (experts.temperature, 0.5 by default): lower
     # is nearer uniform, so the small languages of a mixed cluster get a larger share of its tokens.
-    "tfidf-k16-16-unbalanced-t0.3": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
-                                     "balanced": False, "temperature": 0.3},
-    "tfidf-k16-16-unbalanced-t0.1": {"method": "tfidf", "k": 16, "by_script": False, "tokens": 65536,
-                                     "balanced": False, "temperature": 0.1},
+    "tfidf-k16-16-unbalanced-t0.3": row("tfidf", 16, 16, balanced=False, temperature=0.3),
+    "tfidf-k16-16-unbalanced-t0.1": row("tfidf", 16, 16, balanced=False, temperature=0.1),
 }
 FIGURES = ("languages", "improved_fraction", "significant_wins", "significant_losses", "mean_delta_loss",
            "mean_delta_ci")
@@ -67,7 +73,9 @@ def run_row(base: RunDir, out: Path, name: str, experts: dict, splits: list[str]
     run = RunDir(out / name)
     cfg = base.config()
     cfg = from_dict(to_dict(cfg) | {"experts": to_dict(cfg)["experts"] | experts})
-    if not run.is_run():
+    if run.is_run():
+        run.prepare(cfg)  # a row directory made under another definition of the row is an error, not a result
+    else:
         run.adopt_base(base, cfg)
     ec, t0, seconds = cfg.experts, time.perf_counter(), {}
     if not run.plan_file.exists():

@@ -262,11 +262,10 @@ def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, p
         raise XelmError(f"an expert named {name!r} already exists in {reg.root}: choose another --name")
     cfg = run.config()
     texts = texts_by_lang(load_corpus(corpus or cfg.data.corpus, languages=langs)["train"])
-    distance = None
+    distance, new_scripts = None, {lang: dominant_script(texts.get(lang, [])) for lang in langs}
     if parent == "auto":
         cards = [c for c in reg.cards() if among is None or c["name"] in among]
-        scripts = main_scripts(cfg.data.corpus, sorted({lang for c in cards for lang in c["languages"]}))
-        scripts |= {lang: dominant_script(texts.get(lang, [])) for lang in langs}
+        scripts = expert_scripts(cards, cfg.data.corpus) | new_scripts
         parent, distance = nearest_expert(langs, cards, texts, scripts)
     parent_model = run.base() if parent == "base" else reg.load(parent)
     work = run.expert_work(name)
@@ -275,12 +274,24 @@ def add_language(run_dir: str | Path, languages: str | list[str], tokens: int, p
     card = {"name": name, "kind": "hmr", "languages": langs, "parent": parent,
             "parent_distance": distance, "tokens_trained": result.tokens,
             "tokens_by_lang": result.tokens_by_lang, "train_loss": result.loss, "validation_loss": val,
-            "cluster_method": "hmr", "corpus": corpus or cfg.data.corpus,
+            "cluster_method": "hmr", "corpus": corpus or cfg.data.corpus, "scripts": new_scripts,
             "typology_centroid": typology_centroid(langs, texts),
             "config": dataclasses.asdict(bcfg.train) | {"languages": langs}}
     card = reg.add(card, result.model)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     return card
+
+
+def expert_scripts(cards: list[dict], corpus: str) -> dict[str, str]:
+    """Each expert language's main script: from the run's corpus, or from the card itself for an
+    expert trained on another corpus (an HMR card records its languages' scripts), so a later
+    newcomer in that script can branch from it."""
+    scripts = main_scripts(corpus, sorted({lang for c in cards for lang in c["languages"]}))
+    for card in cards:
+        own = card.get("scripts")
+        if isinstance(own, dict):  # cards are files: anything else is ignored, as a card without it
+            scripts |= {lang: script for lang, script in own.items() if isinstance(script, str)}
+    return scripts
 
 
 def train_family_expert(run_dir: str | Path, languages: list[str], tokens: int | None = None,

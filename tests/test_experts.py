@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from clustering.build import main_scripts
 from experts.registry import Registry
-from experts.training import add_language, train_baseline, train_control
+from experts.training import add_language, expert_scripts, train_baseline, train_control
 from experts.typology import nearest_expert
 from xelm.app.cli import main
 from xelm.errors import XelmError
@@ -108,8 +109,13 @@ def test_hmr_on_a_users_own_corpus_of_a_language_udhr_lacks(run, udhr):
     (corpus / "bar.txt").write_text("\n".join(t.replace("\n", " ") for t in deu * 2))
     assert "bar" not in set(udhr["train"]["lang"][:])
     card = add_language(run, "bar", 512, corpus=str(corpus), progress=False)
-    assert card["languages"] == ["bar"] and card["corpus"] == str(corpus)
-    assert card["parent"] in Registry(run / "registry").names()
+    assert card["languages"] == ["bar"] and card["corpus"] == str(corpus) and card["scripts"] == {"bar": "Latn"}
+    reg = Registry(run / "registry")
+    assert card["parent"] in reg.names()
+    # The run's corpus has no Bavarian, so its script comes from the card: the next Latin-script
+    # newcomer may branch from this expert.
+    assert "bar" not in main_scripts("udhr", ["bar"])
+    assert expert_scripts(reg.cards(), "udhr")["bar"] == "Latn"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -233,7 +233,7 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
 
 
 def _interval(d: dict | None) -> str:
-    return "n/a" if not d else f"{_delta(d['delta'])} [{_delta(d['ci'][0])}, {_delta(d['ci'][1])}]"
+    return _fmt(None) if not d else f"{_delta(d['delta'])} [{_delta(d['ci'][0])}, {_delta(d['ci'][1])}]"
 
 
 def _by_reason(reasons: dict[str, str]) -> dict[str, list[str]]:

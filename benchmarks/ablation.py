@@ -12,7 +12,9 @@ model and its routed expert only.
 
 Prints one line per row and the row validation picks; writes OUT/ablation.json and
 OUT/ablation.md (for the rows given). Rows already complete under OUT are read back, not
-recomputed (their seconds then count only what was left to do). HMR is not part of the
+recomputed (their seconds then count only what was left to do); a stored evaluation is reused
+only when it was made under the present scoring protocol from the row's present experts and
+dense baseline (``xelm.app.evaluate.stored_headline``). HMR is not part of the
 comparison (the demo adds it), so rows skip it.
 """
 
@@ -30,9 +32,9 @@ from clustering.build import build_plan  # noqa: E402
 from clustering.planning import write_plan  # noqa: E402
 from experts.plan_integrity import plan_languages  # noqa: E402
 from experts.training import train_all, train_baseline  # noqa: E402
-from xelm.app.evaluate import choice_key, evaluate_headline  # noqa: E402
+from xelm.app.evaluate import choice_key, evaluate_headline, stored_headline  # noqa: E402
 from xelm.config import from_dict, to_dict  # noqa: E402
-from xelm.files import read_json, write_json, write_text  # noqa: E402
+from xelm.files import write_json, write_text  # noqa: E402
 from xelm.rundir import RunDir  # noqa: E402
 
 
@@ -89,8 +91,7 @@ def run_row(base: RunDir, out: Path, name: str, experts: dict, splits: list[str]
     seconds["dense"] = time.perf_counter() - t0 - sum(seconds.values())
     figures = {}
     for split in splits:
-        done = run.report_for(split) / "headline.json"
-        m = read_json(done) if done.exists() else evaluate_headline(run.root, split=split, progress=True)
+        m = stored_headline(run.root, split) or evaluate_headline(run.root, split=split, progress=True)
         figures[split] = {k: m["summary"][k] for k in FIGURES} | {"mean_loss": m["summary"]["mean_loss"],
                                                                   "by_cluster": m["summary"]["by_cluster"]}
         seconds[f"evaluate {split}"] = time.perf_counter() - t0 - sum(seconds.values())

@@ -15,7 +15,6 @@ import numpy as np
 
 from routing import XELM
 from routing.scoring import every_token_table
-from xelm.app.bootstrap import summarize
 from xelm.app.evaluate import (
     PARAGRAPH_MAX_LEN,
     SCORE_MASK_RATIO,
@@ -28,6 +27,7 @@ from xelm.app.evaluate import (
     _rows_of,
     _tokens_by_lang,
 )
+from xelm.app.intervals import summarize
 from xelm.rundir import RunDir
 
 GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # 0.1: the X-ELM / c-BTM default

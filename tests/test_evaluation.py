@@ -17,9 +17,17 @@ from routing.masking import encode, mask_sets, passages
 from routing.posterior import held_out_loglik
 from routing.routes import softmax_rows
 from routing.scoring import MAX_LEN, every_token_table, label_table, packed_rows
-from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.cli import main
-from xelm.app.evaluate import SCORE_MASK_RATIO, _blind_posterior, _compute, _intervals, evaluate, scored_ensembles
+from xelm.app.evaluate import (
+    SCORE_MASK_RATIO,
+    _blind_posterior,
+    _compute,
+    _intervals,
+    evaluate,
+    scored_ensembles,
+    text_units,
+)
+from xelm.app.intervals import paired_delta, significant, summarize
 from xelm.app.report import headline_sentence
 from xelm.batches import MIN_LEN, bucket
 from xelm.errors import XelmError
@@ -115,7 +123,37 @@ def test_a_one_expert_plan_is_scored_without_top_2():
     assert ("language", 2) in scored_ensembles(("language",), (1, 2), 2)
 
 
-def test_paired_bootstrap_interval():
+@pytest.mark.parametrize("paragraphs", [3, 5, 10])
+def test_per_language_intervals_keep_their_level_with_few_paragraphs(paragraphs):
+    # Null languages (the two models equally good): a 95% interval may exclude zero for ~5% of
+    # them. A percentile bootstrap over five paragraphs does so for ~15%, over three for ~25%.
+    rng = np.random.default_rng(paragraphs)
+    false_calls, n_lang = 0, 2000
+    for _ in range(n_lang):
+        count = rng.integers(40, 121, paragraphs).astype(float)
+        d = rng.normal(0, 0.3, paragraphs) * count + rng.normal(0, 0.3 * np.sqrt(count))  # paragraph + token noise
+        _, lo, hi = paired_delta(d, np.zeros(paragraphs), count)
+        false_calls += significant(lo, hi) != 0
+    assert 0.03 <= false_calls / n_lang <= 0.07
+
+
+def test_one_paragraph_gives_no_interval_and_no_significant_result():
+    d, lo, hi = paired_delta(np.array([5.0]), np.array([1.0]), np.array([10.0]))
+    assert (d, lo, hi) == (0.4, None, None)
+    s = summarize({"x": (d, lo, hi), "y": (-0.3, -0.5, -0.1)}, {"x": 10, "y": 50})
+    assert (s["significant_wins"], s["significant_losses"]) == (1, 0)
+
+
+def test_placeholders_are_not_scored_and_a_repeated_paragraph_is_one_unit():
+    texts = ["&1", "Alle Menschen sind frei.", "@", "Alle Menschen sind frei.", "Jeder hat das Recht.", "Alle Menschen sind frei."]
+    langs = ["deu", "deu", "deu", "deu", "deu", "nld"]
+    kept, kept_langs, unit = text_units(texts, langs)
+    assert kept == texts[1:2] + texts[3:]
+    assert kept_langs == ["deu", "deu", "deu", "nld"]
+    assert unit[0] == unit[1] and len(set(unit)) == 3  # the same text in another language is its own unit
+
+
+def test_paired_interval():
     count = np.full(40, 10.0)
     a = np.random.default_rng(1).normal(30, 3, 40)
     assert paired_delta(a, a, count) == (0.0, 0.0, 0.0)
@@ -124,13 +162,13 @@ def test_paired_bootstrap_interval():
     noisy = a + np.random.default_rng(2).normal(0, 5, 40)
     d, lo, hi = paired_delta(noisy, a, count)
     assert lo < d < hi and lo < 0 < hi + 0.5
-    # A long paragraph's passages are resampled together: cutting paragraphs into passages leaves the
-    # interval what it was for the paragraphs whole, and resampling the passages apart would not.
+    # A long paragraph's passages are one unit: cutting paragraphs into passages leaves the interval
+    # what it was for the paragraphs whole, and counting the passages apart would not.
     cut = np.repeat(np.arange(40), 3)  # each paragraph in three passages
     parts = [np.repeat(x / 3, 3) for x in (noisy, a, count)]
     whole = _intervals(["x"], {"x": list(range(40))}, noisy, a, count, np.arange(40))
-    assert _intervals(["x"], {"x": list(range(120))}, *parts, cut) == whole
-    assert _intervals(["x"], {"x": list(range(120))}, *parts, np.arange(120)) != whole
+    assert _intervals(["x"], {"x": list(range(120))}, *parts, cut)["x"] == pytest.approx(whole["x"], abs=1e-12)
+    assert _intervals(["x"], {"x": list(range(120))}, *parts, np.arange(120))["x"] != pytest.approx(whole["x"])
     s = summarize({"x": (-0.5, -0.6, -0.4), "y": (0.1, -0.1, 0.3), "z": (0.2, 0.1, 0.3)}, {"x": 100, "y": 300, "z": 50})
     assert (s["significant_wins"], s["significant_losses"], s["scored_tokens_median"]) == (1, 1, 100)
     assert s["improved_fraction"] == pytest.approx(1 / 3)
@@ -180,10 +218,20 @@ def test_a_run_with_experts_keeps_its_plan(tiny_expert_run, tmp_path, capsys):
     shutil.copytree(tiny_expert_run, run)
     plan_file = run / "clusters.json"
     before = plan_file.read_bytes()
+    plots = {p.name: p.read_bytes() for p in run.glob("clusters_*")}
     registry_before = sorted(p.name for p in (run / "registry").iterdir())
     assert main(["cluster", "--run-dir", str(run), "--method", "typology", "--k", "2"]) == 2
     assert "plan is fixed" in capsys.readouterr().err
+    # The same file under other spellings: absolute, through '..', through a symlink, no --run-dir.
+    (tmp_path / "alias").symlink_to(run)
+    for out in (plan_file.resolve(), run / ".." / "run" / "clusters.json", tmp_path / "alias" / "clusters.json"):
+        assert main(["cluster", "--run-dir", str(run), "--method", "typology", "--k", "2", "--out", str(out)]) == 2
+        assert "plan is fixed" in capsys.readouterr().err
+        assert main(["cluster", "--languages", "eng,fra,deu,spa", "--method", "typology", "--k", "2",
+                     "--out", str(out)]) == 2
+        assert "plan is fixed" in capsys.readouterr().err
     assert plan_file.read_bytes() == before
+    assert {p.name: p.read_bytes() for p in run.glob("clusters_*")} == plots
     assert sorted(p.name for p in (run / "registry").iterdir()) == registry_before
 
     # A plan swapped under the experts by hand: training, the baseline and evaluation refuse.

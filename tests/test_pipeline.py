@@ -15,7 +15,7 @@ from clustering import plan
 from experts.registry import Registry
 from xelm.app.cli import main
 from xelm.app.demo import run_demo
-from xelm.app.evaluate import evaluate, evaluate_headline
+from xelm.app.evaluate import evaluate, evaluate_headline, headline_fingerprint, stored_headline
 from xelm.config import load_config
 from xelm.errors import XelmError
 
@@ -152,3 +152,13 @@ def test_demo_runs_every_stage_and_writes_the_report(demo, tiny_overrides, monke
     for lang, row in h["languages"].items():
         assert abs(row["delta"] - v["languages"][lang]["delta"]) < 1e-5, lang
     assert (run / "report-validation" / "headline.json").is_file()
+    # The ablation reuses a stored headline only if it was made under this protocol from these
+    # experts and this dense baseline.
+    assert stored_headline(run, "validation") == json.loads(json.dumps(h))
+    stale = json.loads((run / "report-validation" / "headline.json").read_text())
+    stale["fingerprint"]["protocol"] -= 1
+    (run / "report-validation" / "headline.json").write_text(json.dumps(stale))
+    assert stored_headline(run, "validation") is None
+    stale["fingerprint"] = headline_fingerprint(run) | {"dense": "retrained"}
+    (run / "report-validation" / "headline.json").write_text(json.dumps(stale))
+    assert stored_headline(run, "validation") is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tqdm.auto import tqdm
 
 from clustering.build import build_plan, cached_corpus, needs_texts
@@ -16,8 +18,8 @@ from xelm.rundir import RunDir
 def cmd_cluster(args) -> int:
     languages, corpus, held_out = _languages_and_corpus(args)
     out = args.out or (RunDir(args.run_dir).plan_file if args.run_dir else None)
-    if args.run_dir and out == RunDir(args.run_dir).plan_file:
-        _check_plan_is_free(RunDir(args.run_dir))
+    if out and (owner := _run_whose_plan_is(out)):
+        _check_plan_is_free(owner)
     ec = RunDir(args.run_dir).config().experts if args.run_dir and RunDir(args.run_dir).is_run() else None
     balanced = args.balanced if args.balanced is not None else bool(ec and ec.balanced)
     by_script = args.by_script if args.by_script is not None else bool(ec and ec.by_script)
@@ -54,6 +56,14 @@ def cmd_cluster(args) -> int:
         if kind != "plan":
             print(f"  {kind}: {path}")
     return 0
+
+
+def _run_whose_plan_is(out) -> RunDir | None:
+    """The run whose plan file ``out`` is, however it is spelt (relative, absolute, through ``..``
+    or a symlink), or None when it is no run's plan."""
+    target = Path(out).resolve()
+    run = RunDir(target.parent)
+    return run if run.is_run() and run.plan_file.resolve() == target else None
 
 
 def _check_plan_is_free(run: RunDir) -> None:

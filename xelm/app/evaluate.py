@@ -6,7 +6,8 @@ The rules a reviewer checks (DESIGN.md, "Evaluation"):
   (``SCORE_MASK_RATIO``: ceil(1 / ratio) passes per model), paragraphs longer than
   ``PARAGRAPH_MAX_LEN`` tokens cut into passages that fit;
 - each per-language difference Δ = loss(X-ELM) − loss(dense) (negative: X-ELM better) gets a
-  paired bootstrap interval over test paragraphs (a long one's passages resampled together);
+  paired interval over the language's paragraphs (``xelm.app.intervals``: a long one's passages
+  and a repeated one are one unit; paragraphs without a letter, UDHR's placeholders, are not text);
 - the posterior router routes the tokens of a mask set on the other sets' likelihoods only;
 - the headline ensemble is the config's ``experts.ensemble``, chosen on the validation split
   (whose report ranks every ensemble by ``choice_key``), and the second line is
@@ -18,6 +19,8 @@ The rules a reviewer checks (DESIGN.md, "Evaluation"):
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,8 +36,8 @@ from routing.masking import passages
 from routing.posterior import PosteriorRouter, held_out_loglik
 from routing.routes import UNSEEN_SCRIPT, Routing, softmax_rows
 from routing.scoring import every_token_table, mixture_loss
-from xelm.app.bootstrap import paired_delta, summarize
 from xelm.app.console import print_json
+from xelm.app.intervals import paired_delta, summarize
 from xelm.app.report import headline_sentence, write_report
 from xelm.app.stageclock import StageClock
 from xelm.app.transfer import article_classification, chance_levels, paragraphs, retrieval
@@ -42,7 +45,7 @@ from xelm.config import ENSEMBLES
 from xelm.data import columns, load_corpus
 from xelm.embed import embed_texts
 from xelm.errors import XelmError
-from xelm.files import write_json
+from xelm.files import read_json, write_json
 from xelm.rundir import RunDir
 from xelm.weights import load_weights
 
@@ -50,6 +53,7 @@ TOP1 = ("tfidf", 1)  # X-ELM's inference routing: one expert per text; what abla
 SOFT = ("tfidf", None)  # c-BTM: every expert, weights softmax(-d²/T)
 DESCRIPTION = {"xelm:tfidf@1": "top-1 TF-IDF routing, one expert per text",
                "xelm:tfidf@all": "c-BTM soft mixture, every expert weighted by TF-IDF, T = 0.1"}
+PROTOCOL = 2  # what is scored and how intervals are made; a stored result of another protocol is recomputed
 PARAGRAPH_MAX_LEN = 128  # tokens of a scored text: longer paragraphs are cut into passages (short rows score cheaply)
 SCORE_MASK_RATIO = 1 / 3  # 3 disjoint mask sets: every token scored once, each with 2/3 of its text as context
 
@@ -173,11 +177,27 @@ def _held_out(run: RunDir, split: str):
     keep = [i for i, lang in enumerate(all_langs) if lang in own or lang in hmr]
     # short, each a natural unit of the article
     texts, langs = paragraphs([all_langs[i] for i in keep], [all_texts[i] for i in keep])
+    texts, langs, unit = text_units(texts, langs)
     texts, paragraph = passages(tok, texts, PARAGRAPH_MAX_LEN)  # the long ones cut: every token is scored
     langs = [langs[i] for i in paragraph]
     if not texts:
         raise XelmError(f"the {split} split has no text in the experts' languages")
-    return cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs, np.asarray(paragraph)
+    return cfg, plan, tok, cards, cluster_cards, own, hmr, texts, langs, np.asarray(unit)[paragraph]
+
+
+def text_units(texts: list[str], langs: list[str]) -> tuple[list[str], list[str], list[int]]:
+    """The paragraphs worth scoring and the unit of evidence each belongs to. A paragraph without
+    a letter is not text (UDHR marks a missing translation with '&1' or '@'; one language's whole
+    test split is such marks) and is dropped; a paragraph repeated verbatim in one language is
+    one unit for its interval (scored every time, but not counted as new evidence)."""
+    out_t, out_l, unit, first = [], [], [], {}
+    for text, lang in zip(texts, langs):
+        if not any(ch.isalpha() for ch in text):
+            continue
+        out_t.append(text)
+        out_l.append(lang)
+        unit.append(first.setdefault((lang, text), len(first)))
+    return out_t, out_l, unit
 
 
 def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), top_ks=(1, 2),
@@ -289,8 +309,11 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
                      "sign": "Δ = loss(X-ELM) − loss(dense): negative = X-ELM better",
                      "scoring": f"every token, {int(np.ceil(1 / SCORE_MASK_RATIO))} disjoint mask sets "
                                 f"({SCORE_MASK_RATIO:.0%} of the tokens each), the same for every model",
-                     "interval": "95% paired bootstrap over test paragraphs (per language; a long paragraph's "
-                                 "passages resampled together), over languages (means)"},
+                     "interval": f"95% paired interval over the {split} paragraphs of each language (the "
+                                 "ratio estimator's standard error, Student t on paragraphs − 1 degrees of "
+                                 "freedom; a long paragraph's passages and a repeated paragraph are one unit); "
+                                 "bootstrap over languages for means",
+                     "protocol": PROTOCOL},
         "summary": summary,
         "languages": {lang: {**{name: v.get(lang) for name, v in per_lang.items()},
                              **_deltas(intervals[headline], intervals[second], lang),
@@ -330,13 +353,13 @@ def _intervals(seen: list[str], rows_of: dict, nll_a: np.ndarray, nll_dense: np.
                paragraph: np.ndarray) -> dict:
     """Per language, (Δ, low, high) of model a against the dense model, paired over paragraphs."""
     return {lang: paired_delta(*_by_paragraph(paragraph[rows_of[lang]], nll_a[rows_of[lang]],
-                                              nll_dense[rows_of[lang]], count[rows_of[lang]]), seed=i)
-            for i, lang in enumerate(seen)}
+                                              nll_dense[rows_of[lang]], count[rows_of[lang]]))
+            for lang in seen}
 
 
 def _by_paragraph(paragraph_R: np.ndarray, *per_text_R: np.ndarray) -> list[np.ndarray]:
-    """Sums per paragraph of per-passage arrays: the bootstrap resamples paragraphs, whose
-    passages share their context, as whole units."""
+    """Sums per paragraph of per-passage arrays: a paragraph's passages share their context, so
+    the interval counts the paragraph, not its passages, as one unit."""
     _, unit_R = np.unique(paragraph_R, return_inverse=True)
     return [np.bincount(unit_R, weights=x) for x in per_text_R]
 
@@ -389,7 +412,7 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
     for lang, v in intervals.items():
         groups[cluster_of.get(lang, own[lang])][lang] = v
     xelm_by_lang = _per_language(langs, nll_x, count)
-    out = {"split": split, "ensemble": _name(*TOP1),
+    out = {"split": split, "ensemble": _name(*TOP1), "fingerprint": headline_fingerprint(run),
            "summary": {**summarize(intervals, tokens),
                        "mean_loss": {"dense": _mean(dense_by_lang[lang] for lang in seen),
                                      _name(*TOP1): _mean(xelm_by_lang.get(lang) for lang in seen)},
@@ -398,6 +421,26 @@ def evaluate_headline(run_dir: str | Path, split: str = "validation", progress: 
                          for lang, (d, lo, hi) in intervals.items()}}
     write_json(run.report_for(split) / "headline.json", out)
     return out
+
+
+def headline_fingerprint(run_dir: str | Path | RunDir) -> dict:
+    """What a stored headline was computed from: the protocol, each cluster expert's checksum
+    and the dense baseline's summary (rewritten whenever the baseline is trained)."""
+    run = RunDir(run_dir)
+    cards = [c for c in run_registry(run).cards() if c.get("kind") == "cluster"]
+    return {"protocol": PROTOCOL, "experts": {c["name"]: c["checksum"] for c in sorted(cards, key=lambda c: c["name"])},
+            "dense": hashlib.sha256(json.dumps(run.dense_summary(), sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def stored_headline(run_dir: str | Path, split: str) -> dict | None:
+    """The split's ``headline.json`` if it was computed under this protocol from the run's
+    present experts and dense baseline; None when absent or stale (so it is computed again)."""
+    run = RunDir(run_dir)
+    path = run.report_for(split) / "headline.json"
+    if not path.is_file():
+        return None
+    stored = read_json(path, "headline evaluation", f"delete {path} and re-run")
+    return stored if stored.get("fingerprint") == headline_fingerprint(run) else None
 
 
 def _deltas(head: dict, second: dict, lang: str) -> dict:

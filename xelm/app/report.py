@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from clustering import uriel  # noqa: E402
 from clustering.typology import typology_distances  # noqa: E402
 from experts.typology import uriel_proxies  # noqa: E402
+from xelm.app.intervals import significant  # noqa: E402
 from xelm.files import write_text  # noqa: E402
 from xelm.rundir import RunDir  # noqa: E402
 
@@ -60,7 +61,7 @@ def headline_sentence(metrics: dict) -> str:
              f"**NOT at equal compute** ({c['why']}): no equal-compute claim can be made")
     return (f"X-ELM ({metrics['headline']['ensemble']}) against the dense model {equal}: significantly better on "
             f"{s['significant_wins']} and significantly worse on {s['significant_losses']} of {s['languages']} "
-            f"languages (95% paired bootstrap); better point estimate on {s['improved_fraction']:.1%}; mean Δ "
+            f"languages (95% paired intervals); better point estimate on {s['improved_fraction']:.1%}; mean Δ "
             f"{s['mean_delta_loss']:+.3f} nats [{lo:+.3f}, {hi:+.3f}] (negative: X-ELM better).")
 
 
@@ -75,8 +76,8 @@ def plot_losses(metrics: dict, path: Path) -> Path:
     """Left: X-ELM against dense per language (below the diagonal: X-ELM better). Right: the
     per-language difference with its 95% interval, sorted."""
     head = metrics["headline"]["ensemble"]
-    rows = [(r["dense"], r[head], r["delta"], *r["delta_ci"]) for r in metrics["languages"].values()
-            if r.get("delta") is not None and r.get("cluster")]
+    rows = [(r["dense"], r[head], r["delta"], *(np.nan if b is None else b for b in r["delta_ci"]))
+            for r in metrics["languages"].values() if r.get("delta") is not None and r.get("cluster")]
     dense, xelm, delta, lo, hi = np.array(rows).T if rows else (np.zeros(0),) * 5
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax.scatter(dense, xelm, s=6, alpha=0.6)
@@ -96,7 +97,7 @@ def plot_losses(metrics: dict, path: Path) -> Path:
     bx.set_xlabel(f"languages, sorted by Δ (green: interval below 0, {s['significant_wins']}; "
                   f"red: above 0, {s['significant_losses']})" if len(delta) else "languages")
     bx.set_ylabel(SIGN)
-    bx.set_title("Per-language difference, 95% paired bootstrap interval")
+    bx.set_title("Per-language difference, 95% paired interval")
     return _save(fig, path)
 
 
@@ -215,7 +216,8 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
         wins = [lang for lang, r in new.items() if r.get("hmr") is not None and
                 all(r.get(k) is None or r["hmr"] < r[k] for k in ("base_continued", "dense_continued"))]
         sig = [lang for lang, r in new.items() if all(
-            (r.get(k) or {}).get("ci", [0, 0])[1] < 0 for k in ("hmr_vs_base_continued", "hmr_vs_dense_continued"))]
+            significant(*(r.get(k) or {}).get("ci", [None, None])) == -1
+            for k in ("hmr_vs_base_continued", "hmr_vs_dense_continued"))]
         forgot = [r["forgetting"]["delta"] for r in new.values() if r.get("forgetting")]
         out.append(f"New languages: the HMR expert beats both yardsticks on {len(wins)} of {len(new)} "
                    f"({', '.join(wins) or 'none'}), significantly on {len(sig)} ({', '.join(sig) or 'none'})"
@@ -233,7 +235,11 @@ def findings(metrics: dict, distance: dict[str, float]) -> list[str]:
 
 
 def _interval(d: dict | None) -> str:
-    return _fmt(None) if not d else f"{_delta(d['delta'])} [{_delta(d['ci'][0])}, {_delta(d['ci'][1])}]"
+    if not d:
+        return _fmt(None)
+    if None in d["ci"]:  # one paragraph: no interval
+        return f"{_delta(d['delta'])} [{_fmt(None)}]"
+    return f"{_delta(d['delta'])} [{_delta(d['ci'][0])}, {_delta(d['ci'][1])}]"
 
 
 def _by_reason(reasons: dict[str, str]) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ the TF-IDF space side by side.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from clustering.naming import cluster_names
 from clustering.tfidf import TfidfSpace, fit_clusters
 from clustering.typology import parse_features, typology_distances
 from xelm.errors import XelmError
+from xelm.files import write_json
 from xelm.languages import check_language
 
 METHODS = ("typology", "tfidf", "model")
@@ -215,8 +215,5 @@ def write_plan(result: PlanResult, path: str | Path, plots: bool = True) -> dict
 
         written.update(write_plots(result, path.parent, path.stem))
         result.plan["plots"] = {kind: p.name for kind, p in written.items() if kind != "tfidf"}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result.plan, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    written["plan"] = path
+    written["plan"] = write_json(path, result.plan)
     return written

@@ -8,7 +8,6 @@ router reloads it and calls :meth:`TfidfSpace.distances_to_centroids`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from scipy import sparse
 
 from clustering.methods import balanced_kmeans, kmeans
 from xelm.errors import XelmError
+from xelm.files import read_json, write_json
 
 FORMAT = "xelm-tfidf-1"
 NGRAMS = (1, 4)
@@ -112,7 +112,7 @@ class TfidfSpace:
                             centroids=self.centroids_KxD)
         meta = {"format": FORMAT, "ngram_range": list(self.ngram_range), "names": self.names,
                 "vocabulary": self.vocabulary}
-        (directory / "tfidf.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+        write_json(directory / "tfidf.json", meta)
         return directory
 
     @classmethod
@@ -123,7 +123,7 @@ class TfidfSpace:
             raise XelmError(f"no TF-IDF space in {directory}: expected tfidf.json and tfidf.npz "
                             "(written by `xelm cluster --method tfidf`)")
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            meta = read_json(meta_file, "TF-IDF space", "write it again with `xelm cluster --method tfidf`")
             with np.load(arrays_file) as arrays:
                 idf, components, centroids = arrays["idf"], arrays["components"], arrays["centroids"]
             if meta.get("format") != FORMAT:

@@ -288,10 +288,11 @@ def test_damaged_files_are_one_line_naming_the_file(run, tmp_path, capsys):
     card.write_bytes(good_card)
     model_json = reg / "germanic-0" / "weights" / "model.json"
     good_model = model_json.read_bytes()
-    model_json.write_bytes(b"\xff" + good_model)
-    rc, _, err = cli(capsys, "embed", "--run-dir", run, "--text", "Hello", "--lang", "eng", "--router", "language")
-    assert rc == 2
-    one_line_error(err, "model.json")
+    for damage in (b"\xff" + good_model, b"[" * 100_000 + b"]" * 100_000):  # the second is too deep to parse
+        model_json.write_bytes(damage)
+        rc, _, err = cli(capsys, "embed", "--run-dir", run, "--text", "Hello", "--lang", "eng", "--router", "language")
+        assert rc == 2
+        one_line_error(err, "model.json")
     meta = json.loads(good_model)
     meta["model"]["hidden"] *= 2
     model_json.write_text(json.dumps(meta))
@@ -315,6 +316,13 @@ def test_damaged_files_are_one_line_naming_the_file(run, tmp_path, capsys):
         rc, _, err = cli(capsys, "expert", "train", "--all", "--run-dir", run)
         assert rc == 2
         one_line_error(err, "clusters.json")
+    config = run / "config.yaml"
+    good_config = config.read_bytes()
+    config.write_text("a: " + "[" * 100_000 + "]" * 100_000)
+    rc, _, err = cli(capsys, "expert", "list", "--run-dir", run)
+    assert rc == 2
+    one_line_error(err, "config.yaml")
+    config.write_bytes(good_config)
     base_summary = run / "base" / "summary.json"
     base_summary.write_text(base_summary.read_text()[:20])
     with pytest.raises(XelmError, match="summary.json"):

@@ -189,6 +189,19 @@ def test_a_loss_curve_of_too_few_points_is_not_drawn(tmp_path):
     assert plot_loss(log, tmp_path / "five.png").stat().st_size > 1000
 
 
+def test_a_damaged_metrics_log_is_read_around_not_a_traceback(tmp_path):
+    from xelm.train import _truncate_metrics, plot_loss
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": i + 1, "loss": 5.0 - i / 10, "stage": "expert"} for i in range(6)]
+    lines = [json.dumps(r) for r in rows]
+    lines[1:1] = ['{"loss": 3}', "[1, 2]", '{"step": "x"}', '{"step": 2, "lo']  # no step, not a dict, cut short
+    log.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe\n")
+    assert plot_loss(log, tmp_path / "loss.png").stat().st_size > 1000
+    assert _truncate_metrics(log, 4) == rows[:4]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows[:4]
+
+
 def test_trainings_of_one_schedule_share_one_compiled_step():
     """The k experts (or the HMR models) of a run differ in weights and languages, not in shape or
     schedule: the second training must reuse the first one's compiled step, not compile again."""

@@ -169,7 +169,7 @@ class RunDir:
                             "create one with `xelm pretrain --run-dir` or `xelm demo --run-dir`")
         try:
             data = yaml.safe_load(self.config_file.read_bytes().decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
             raise XelmError(f"{self.config_file} is damaged ({type(e).__name__}); restore it or start "
                             "a new run directory") from None
         return from_dict(data)

@@ -26,6 +26,7 @@ from xelm.checkpoint import Checkpointer
 from xelm.config import ModelConfig, RunConfig, Stage, TrainConfig
 from xelm.curriculum import decay_start, stage_index, stage_probabilities, wsd_from, wsd_schedule
 from xelm.errors import XelmError
+from xelm.files import write_text
 from xelm.model import Encoder, mlm_loss
 
 
@@ -218,19 +219,24 @@ def _truncate_metrics(path: Path, step: int, write: bool = True) -> list[dict]:
     so the log matches the state; rewritten atomically, so a second kill loses nothing."""
     if not path.exists():
         return []
-    keep = []
-    for line in path.read_text().splitlines():
+    keep = [row for row in metric_rows(path) if row["step"] <= step]
+    if write:
+        write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    return keep
+
+
+def metric_rows(path: Path) -> list[dict]:
+    """The log's rows; a line that is not a JSON object with an integer ``step`` (a kill cut it
+    short, or the file was damaged) is skipped, not a traceback."""
+    rows = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
-        if row["step"] <= step:
-            keep.append(row)
-    if write:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(path)
-    return keep
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
 
 
 MIN_PLOTTED_LOGS = 5
@@ -241,7 +247,7 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(r) for r in metrics_path.read_text().splitlines() if r.strip()]
+    rows = [r for r in metric_rows(metrics_path) if isinstance(r.get("loss"), (int, float)) and "stage" in r]
     if len(rows) < MIN_PLOTTED_LOGS:  # a curve of a few points says nothing: no plot
         return None
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -21,6 +21,7 @@ from xelm.checkpoint import restore_into
 from xelm.config import ModelConfig, from_dict, to_dict
 from xelm.errors import XelmError
 from xelm.faults import ours
+from xelm.files import read_json, write_json
 from xelm.model import Encoder
 
 
@@ -49,8 +50,11 @@ def save_weights(model: Encoder, directory: str | Path) -> str:
     digest = checksum(model)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "params", nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)
-    (directory / "model.json").write_text(json.dumps(
-        {"model": to_dict(model.cfg), "checksum": digest}, indent=2) + "\n")
+    meta = {"model": to_dict(model.cfg), "checksum": digest}
+    if "://" in str(directory):  # an object store writes whole objects
+        (directory / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    else:
+        write_json(Path(directory) / "model.json", meta)
     return digest
 
 
@@ -58,10 +62,10 @@ def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
     meta_path = _path(directory) / "model.json"
     if not meta_path.is_file():
         raise XelmError(f"no model weights at {directory} (missing model.json)")
+    meta = read_json(meta_path, "model config", "restore it from a copy or train the model again")
     try:
-        meta = json.loads(meta_path.read_text())
         return from_dict(meta["model"], ModelConfig), meta["checksum"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise XelmError(f"{meta_path} is damaged ({type(e).__name__}: {e})") from None
 
 

@@ -301,6 +301,31 @@ def test_a_full_queue_is_503_with_retry_after_and_the_rest_are_answered(server):
     assert server.client.post("/route", json={"text": TEXTS[0]}).status_code == 200
 
 
+def test_requests_waiting_to_be_counted_take_places_in_the_queue(server):
+    # Token counting is stuck: the first MAX_QUEUE requests wait for it, the rest are 503 at once
+    # (before, every request waited for the counter, without bound, before the queue was checked).
+    gate = threading.Event()
+    server.engine.counter.submit(gate.wait, 60)
+    out: list = []
+
+    def post(i):
+        out.append(httpx.post(f"{server.url}/route", json={"text": TEXTS[i % len(TEXTS)]}, timeout=120))
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(MAX_QUEUE + 4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(out) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    while_stuck = [r.status_code for r in out]
+    gate.set()
+    for t in threads:
+        t.join(60)
+    assert while_stuck == [503] * 4, while_stuck
+    codes = sorted(r.status_code for r in out)
+    assert codes == [200] * MAX_QUEUE + [503] * 4, codes
+
+
 # ---------------------------------------------------------------- SIGTERM (subprocess)
 def test_sigterm_drains_in_flight_requests_then_exits(tiny_expert_run, tmp_path):
     run = tmp_path / "run"

@@ -198,14 +198,15 @@ def create_app(engine: Engine, max_texts: int = MAX_TEXTS, max_body: int = MAX_B
                 langs = [to_iso3(code, "lang") for code in langs]
         except XelmError as e:
             raise ApiError(422, api_message(e)) from None
-        tokens = await asyncio.get_running_loop().run_in_executor(engine.counter, engine.count_tokens, texts)
-        if tokens > engine.max_batch_tokens:
-            raise ApiError(413, f"the request has {tokens} tokens, more than the server's batch budget "
-                                f"({engine.max_batch_tokens}): split it")
-        options = Options(router, getattr(q, "top_k", None), q.experts, q.temperature, langs is not None)
-        job = Job(kind, options, texts, langs, tokens, asyncio.get_running_loop().create_future())
         try:
-            future = engine.submit(job)
+            with engine.admission():
+                tokens = await asyncio.get_running_loop().run_in_executor(engine.counter, engine.count_tokens, texts)
+                if tokens > engine.max_batch_tokens:
+                    raise ApiError(413, f"the request has {tokens} tokens, more than the server's batch budget "
+                                        f"({engine.max_batch_tokens}): split it")
+                options = Options(router, getattr(q, "top_k", None), q.experts, q.temperature, langs is not None)
+                job = Job(kind, options, texts, langs, tokens, asyncio.get_running_loop().create_future())
+                future = engine.submit(job)
         except Overloaded as e:
             raise ApiError(503, f"busy: {e}; retry after {RETRY_AFTER_S} s", RETRY_AFTER_S) from None
         try:

@@ -21,6 +21,7 @@ One ``XELM`` (and one HF fast tokenizer, which threads must not share) per threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -107,6 +108,7 @@ class Engine:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="xelm-engine")
         self.counter = ThreadPoolExecutor(1, thread_name_prefix="xelm-count")  # off the event loop: long texts
         self.queue: asyncio.Queue | None = None
+        self.counting = 0  # requests admitted whose tokens are being counted (event-loop thread only)
         self._carry: Job | None = None
         self._tasks: list[asyncio.Task] = []
         self._seen_digest = self.served.index_digest
@@ -263,6 +265,21 @@ class Engine:
         """Tokens the texts take in a batch (each capped at ``max_len``); on ``counter``'s thread."""
         ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         return sum(min(len(seq), self.served.model.max_len) for seq in ids)
+
+    @contextlib.contextmanager
+    def admission(self):
+        """Hold a place for a request while its tokens are counted (before it can be queued):
+        requests being counted and requests queued together are at most ``max_queue``, so a
+        flood is answered 503 at once instead of waiting, bodies in memory, for the counter."""
+        if self.closing:
+            raise Overloaded("the server is shutting down")
+        if self.counting + self.depth() >= self.max_queue:
+            raise Overloaded(f"the queue is full ({self.max_queue} requests waiting)")
+        self.counting += 1
+        try:
+            yield
+        finally:
+            self.counting -= 1
 
     def submit(self, job: Job) -> asyncio.Future:
         if self.closing:

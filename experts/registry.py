@@ -154,9 +154,7 @@ class Registry:
                 if name in data["experts"]:
                     raise XelmError(f"an expert named {name!r} was registered meanwhile in {self.root}")
                 if (self.root / name).exists():
-                    raise XelmError(f"a folder for expert {name!r} exists in {self.root} but the index lacks "
-                                    "it (an interrupted registration): `xelm expert list --repair` adopts it, "
-                                    f"`xelm expert remove {name}` deletes it")
+                    raise XelmError(_orphan_message(self.root / name))
                 staging.rename(self.root / name)
                 data["experts"][name] = _summary(card)
                 self._write_index(data)
@@ -168,24 +166,28 @@ class Registry:
     def remove(self, name: str) -> None:
         """Drop ``name`` from the index, then delete its folder (also an orphaned one). Only an
         expert's own folder (a real directory holding a card) is deleted; a symlink in its place
-        is unlinked, never followed."""
+        is unlinked, never followed. The folder leaves its name (a rename) under the lock, so
+        the name is free at once even if deleting the files is cut short."""
         folder = self.root / check_name(name)
         link = _is_local(self.root) and os.path.islink(str(folder))
-        ours = link or (folder.is_dir() and (folder / "card.json").exists())
+        is_expert = link or (folder.is_dir() and (folder / "card.json").exists())
         with self._locked():
             data = self.index()
             if name not in data["experts"]:
                 if not folder.exists() and not link:
                     raise XelmError(f"no expert named {name!r} in registry {self.root}")
-                if not ours:
+                if not is_expert:
                     raise XelmError(f"{folder} is not an expert's folder (no card.json) and the index does not "
                                     "name it: not removing it")
             if data["experts"].pop(name, None) is not None:
                 self._write_index(data)
-        if link:
-            os.unlink(str(folder))
-        elif ours:
-            _rmtree(folder)
+            if link:
+                os.unlink(str(folder))
+            elif is_expert:
+                trash = ours(self.root / f".removing-{name}-{uuid.uuid4().hex[:8]}")
+                folder.rename(trash)
+        if is_expert and not link:
+            _rmtree(trash)
 
     def repair(self) -> list[str]:
         """Rebuild the index from the expert folders whose card is readable; returns the names."""
@@ -202,6 +204,16 @@ class Registry:
                     continue
             self._write_index({"format": FORMAT, "experts": experts})
         return sorted(experts)
+
+
+def _orphan_message(folder: epath.Path) -> str:
+    """What to do about a folder under an expert's name that the index does not list."""
+    if (folder / "card.json").exists():
+        return (f"a folder for expert {folder.name!r} exists in {folder.parent} but the index lacks it (an "
+                "interrupted registration): `xelm expert list --repair` adopts it, "
+                f"`xelm expert remove {folder.name}` deletes it")
+    return (f"{folder} exists and is not an expert's folder (no card.json), so xelm will not delete it: "
+            "move it away or choose another --name")
 
 
 def _summary(card: dict) -> dict:

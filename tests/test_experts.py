@@ -180,8 +180,30 @@ def test_remove_deletes_an_expert(run):
     name = reg.names()[0]
     assert main(["expert", "remove", name, "--run-dir", str(run)]) == 0
     assert name not in reg.names() and not (run / "registry" / name).exists()
+    assert not list((run / "registry").glob(".removing-*"))
     with pytest.raises(XelmError, match="no expert named"):
         reg.card(name)
+
+
+def test_a_folder_that_is_not_an_experts_is_named_and_never_deleted(tmp_path):
+    from flax import nnx
+
+    from xelm.config import ModelConfig
+    from xelm.model import Encoder
+
+    reg = Registry(tmp_path / "registry")
+    (tmp_path / "registry" / "mine" / "weights").mkdir(parents=True)  # the user's, or a half-deleted expert's
+    model = Encoder(ModelConfig(vocab_size=64, hidden=16, layers=1, heads=2, ffn=32), rngs=nnx.Rngs(0))
+    card = {"name": "mine", "languages": ["eng"], "parent": "base", "tokens_trained": 0}
+    with pytest.raises(XelmError, match="not an expert's folder") as e:
+        reg.add(card, model)
+    assert "expert remove" not in str(e.value)  # which would refuse it: the advice leads somewhere
+    with pytest.raises(XelmError, match="not an expert's folder"):
+        reg.remove("mine")
+    assert (tmp_path / "registry" / "mine" / "weights").is_dir() and reg.names() == []
+    reg.add({**card, "name": "yours"}, model)
+    reg.remove("yours")
+    assert sorted(p.name for p in (tmp_path / "registry").iterdir() if "index" not in p.name) == ["mine"]
 
 
 WRITER = """

@@ -101,7 +101,9 @@ class XELM:
         if name == "language":
             return LanguageRouter(self.cards, lambda: expert_texts(self.run_dir, self.cards))
         if name == "tfidf":
-            return tfidf_mod.load_or_fit(self.run_dir, self.registry_cards, self.temperature, self.cards)
+            whole = self.cards is self.registry_cards  # a subset (evaluation: the cluster experts) has its own cache
+            cache = "tfidf" if whole else f"tfidf-{tfidf_mod.fingerprint(self.cards)[:12]}"
+            return tfidf_mod.load_or_fit(self.run_dir, self.cards, self.temperature, cache)
         if name == "langid":
             return langid_mod.LangIdRouter(langid_mod.load_or_fit(self.run_dir), self.router("language"))
         prior = None

@@ -32,10 +32,11 @@ def fit_language_space(texts_by_lang: dict[str, list[str]]) -> TfidfSpace:
 
 
 def load_or_fit(run_dir: str | Path, cards: list[dict], temperature: float = TEMPERATURE,
-                experts: list[dict] | None = None) -> TfidfRouter:
-    """The router from ``DIR/router/tfidf``, refitted when the registry (``cards``) changed since
-    it was saved; it routes among ``experts`` (default: all of them), placed by their languages."""
-    path = router_dir(run_dir) / "tfidf"
+                cache: str = "tfidf") -> TfidfRouter:
+    """The router among the experts of ``cards``, its space fitted on their languages' text
+    only (so the experts an evaluation compares are routed alike whatever else the registry
+    holds): read from ``DIR/router/<cache>``, refitted when ``cards`` changed since it was saved."""
+    path = router_dir(run_dir) / cache
     meta = read_meta(path / "router.json")
     space = None
     if meta and meta.get("fingerprint") == fingerprint(cards):
@@ -47,7 +48,7 @@ def load_or_fit(run_dir: str | Path, cards: list[dict], temperature: float = TEM
         space = fit_language_space(expert_texts(run_dir, cards))
         space.save(path)
         write_meta(path / "router.json", {"fingerprint": fingerprint(cards)})
-    return TfidfRouter(space, {c["name"]: c["languages"] for c in experts or cards}, temperature)
+    return TfidfRouter(space, {c["name"]: c["languages"] for c in cards}, temperature)
 
 
 class TfidfRouter:

@@ -185,6 +185,12 @@ def test_routing_among_a_subset_of_the_registry(run):
         assert sub.route(TEXTS, router=router, lang=lang).names == [name]
     with pytest.raises(XelmError, match="no expert named 'nope'"):
         XELM.from_run(run, experts=["nope"])
+    # The TF-IDF space of a subset is fitted on its languages only (an evaluation of the cluster
+    # experts routes alike whatever HMR experts the registry also holds), cached apart.
+    whole = XELM.from_run(run)
+    assert sorted(sub.router("tfidf").space.names) == sorted(sub.cards[0]["languages"])
+    assert sorted(whole.router("tfidf").space.names) == sorted(lang for c in whole.cards for lang in c["languages"])
+    assert len(list((run / "router").glob("tfidf*"))) == 2
 
 
 def test_a_query_loads_only_the_experts_it_needs(run):

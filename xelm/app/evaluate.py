@@ -268,7 +268,7 @@ def evaluate(run_dir: str | Path, routers=("language", "tfidf", "posterior"), to
     # Every ensemble gets its intervals (numpy, seconds), so that validation can rank them on
     # significant losses too, not on the share improved alone (ties happen: 89.5% twice).
     ensembles = ["xelm:" + e for e in ENSEMBLES if "xelm:" + e in nll]
-    with clock.stage("bootstrap intervals"):
+    with clock.stage("intervals"):
         intervals = {name: _intervals(seen, rows_of, nll[name], nll["dense"], count, paragraph) for name in ensembles}
     cluster_of = {lang: name for name, members in plan["clusters"].items() for lang in members}
     level_of = {lang: _stage_of(cfg, lang) for lang in seen}

@@ -252,9 +252,13 @@ def test_export_refuses_a_users_folder_unless_overwrite(hf_dirs, tmp_path, capsy
     assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine), "--overwrite"]) == 0
     assert (mine / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert {(mine / f).stat().st_mode & 0o777 for f in os.listdir(mine)} == {0o644}
-    (mine / "model.safetensors").write_bytes(b"stale")  # an earlier export is replaced without --overwrite
-    assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 0
+    assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 0  # an earlier export: replaced
     assert hf.AutoModelForMaskedLM.from_pretrained(mine) is not None
+    (mine / "README.md").write_text("# my edited model card\n")  # ... unless the user changed a file of it
+    before = snapshot(mine)
+    one_line_error(xelm_cli("export-hf", "--model", hf_dirs["bert"], "--out", mine), "README.md", "--overwrite")
+    assert snapshot(mine) == before
+    assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine), "--overwrite"]) == 0
     (mine / "notes.txt").write_text("mine")  # ... but not with a file of the user's in it
     assert main(["export-hf", "--model", str(hf_dirs["bert"]), "--out", str(mine)]) == 2
     assert "notes.txt" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"

@@ -5,6 +5,7 @@ loader."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -28,7 +29,8 @@ MARK = "xelm"  # config.json key that marks a folder as an earlier export (and s
 HF_TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                       "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
                       "tokenizer.model", "chat_template.jinja"}
-EXPORT_FILES = {"config.json", "model.safetensors", "README.md"} | HF_TOKENIZER_FILES
+MANIFEST = ".xelm-export.json"  # sha256 of each file an export wrote: a later export replaces only those unchanged
+EXPORT_FILES = {"config.json", "model.safetensors", "README.md", MANIFEST} | HF_TOKENIZER_FILES
 
 
 # ------------------------------------------------------------------------------- reading
@@ -132,7 +134,32 @@ def check_export_dir(out: str | Path, overwrite: bool = False) -> Path:
         raise XelmError(f"{out} is not empty and is not an earlier `xelm export-hf` output (it holds "
                         f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): choose a new folder, "
                         "or pass --overwrite to replace the files an export writes there")
-    return check_output_dir(out, EXPORT_FILES, flag="--overwrite")
+    check_output_dir(out, EXPORT_FILES, flag="--overwrite")
+    changed = changed_since_export(out)
+    if changed:
+        raise XelmError(f"{out} is an earlier export, but {', '.join(changed[:5])} changed since xelm wrote "
+                        f"{'it' if len(changed) == 1 else 'them'} (an edited model card, say): choose a new "
+                        "folder, or pass --overwrite to replace them")
+    return out
+
+
+def changed_since_export(out: Path) -> list[str]:
+    """The export files in ``out`` whose bytes are not those the export recorded in its
+    manifest (all of them when there is no readable manifest: nothing says they are ours)."""
+    present = sorted(p.name for p in out.iterdir() if p.name in EXPORT_FILES - {MANIFEST})
+    try:
+        recorded = read_json(out / MANIFEST, "export manifest")
+    except XelmError:
+        return present
+    return [name for name in present if recorded.get(name) != _sha256(out / name)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def export_hf(model: Encoder, tok, out: str | Path, card: dict | None = None, overwrite: bool = False) -> Path:
@@ -157,6 +184,7 @@ def export_hf(model: Encoder, tok, out: str | Path, card: dict | None = None, ov
         save_file(conv.to_hf(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
         mask = export_tokenizer(tok, stage, model.cfg.max_len)
         write_text(stage / "README.md", model_card(card, config, mask))
+        write_json(stage / MANIFEST, {f.name: _sha256(f) for f in sorted(stage.iterdir())})
         for f in stage.iterdir():
             os.chmod(f, 0o644)  # as any file a user writes: others may read it
         out.mkdir(exist_ok=True)

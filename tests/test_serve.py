@@ -421,6 +421,28 @@ def test_an_expert_added_and_removed_while_serving_without_a_failed_request(serv
     assert _metrics(c)["xelm_registry_reloads_total{}"] >= 2
 
 
+def test_a_damaged_registry_keeps_the_old_experts_and_is_retried_ever_less_often(server, run):
+    index = run / "registry" / "index.json"
+    good, tries = index.read_bytes(), []
+    build = server.engine._build_if_changed
+
+    def counted():
+        tries.append(time.monotonic())
+        return build()
+
+    server.engine._build_if_changed = counted
+    try:
+        index.write_text('{"format": 1, "experts": ')  # cut short
+        time.sleep(4)
+        assert server.client.post("/route", json={"text": TEXTS[0]}).status_code == 200  # the old experts serve
+    finally:
+        index.write_bytes(good)
+        server.engine._build_if_changed = build
+    gaps = np.diff(tries)
+    # Every 0.2 s without backing off (about 20 tries in 4 s); the gaps double instead.
+    assert 2 <= len(tries) <= 6 and all(b > a for a, b in zip(gaps, gaps[1:])), gaps
+
+
 def _poll_experts(client: httpx.Client, ok, timeout: float = 240) -> dict:
     """Wait for the watcher's reload (a generous bound: a busy CI machine compiles slowly)."""
     deadline = time.monotonic() + timeout

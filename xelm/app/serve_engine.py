@@ -49,6 +49,7 @@ from xelm.rundir import RunDir
 log = logging.getLogger("xelm.serve")
 ONE_BY_ONE_ABOVE = 128  # padded tokens: bigger serving batches run the experts one by one (lax.map), faster
 # on CPU from a few hundred tokens up (benchmarks/README.md, serving)
+MAX_RELOAD_BACKOFF_S = 60.0  # a registry that keeps failing to load is retried at most this seldom
 WARM_TEXT = "All human beings are born free and equal in dignity and rights."
 CLI_FLAGS = re.compile(r"--(lang|router|top-k|experts|temperature)\b")
 
@@ -197,12 +198,17 @@ class Engine:
                     len(served.model.names), ", ".join(served.model.names))
 
     async def _watch(self) -> None:
+        """Reload when the registry's index changes. A reload that fails (a registry mid-change,
+        or damaged) keeps the old experts serving and is retried, backing off to once a minute
+        while it keeps failing, so a broken registry does not cost a rebuild every interval."""
         loop = asyncio.get_running_loop()
+        backoff = 0.0
         while True:
-            await asyncio.sleep(self.watch_interval_s)
+            await asyncio.sleep(self.watch_interval_s + backoff)
             try:
                 digest = await loop.run_in_executor(None, self._index_digest)
-                if digest == self._seen_digest:
+                if digest == self._seen_digest:  # unchanged, or back to what is served: nothing failing
+                    backoff = 0.0
                     continue
                 served = await loop.run_in_executor(None, self._build_if_changed)
                 self._seen_digest = digest
@@ -210,8 +216,11 @@ class Engine:
                     self._swap(served, "watcher")
                     rest = [shape for shape in self.grid(served.model) if shape not in self._hot_shapes(served.model)]
                     self._tasks.append(asyncio.create_task(self._compile_rest(loop, served, rest)))
+                backoff = 0.0
             except Exception as e:  # a registry mid-change or damaged: keep serving the old one, retry
-                log.warning("registry not reloaded (will retry): %s", api_message(e))
+                backoff = min(MAX_RELOAD_BACKOFF_S, max(2 * backoff, self.watch_interval_s))
+                log.warning("registry not reloaded (retrying in %.0f s): %s", self.watch_interval_s + backoff,
+                            api_message(e))
 
     async def _compile_rest(self, loop, served: Served, shapes) -> None:
         try:

@@ -99,7 +99,7 @@ class Registry:
         if name not in self.index()["experts"]:
             known = ", ".join(self.names()) or "none"
             raise XelmError(f"no expert named {name!r} in registry {self.root} (experts: {known})")
-        path = self.folder(name) / "card.json"
+        path = self.part(name, "card.json")
         fix = f"remove it with `xelm expert remove {name}` and train it again"
         return check_card(read_json(path, f"expert {name!r}: its card", fix), path, name)
 
@@ -110,10 +110,15 @@ class Registry:
             return epath.Path(inside(self.root, name))
         return self.root / name
 
+    def part(self, name: str, part: str) -> epath.Path:
+        """A file or folder of the expert's folder, refused if a symlink leads it outside."""
+        folder = self.folder(name)
+        return epath.Path(inside(folder, part)) if _is_local(self.root) else folder / part
+
     def load(self, name: str) -> Encoder:
         """The expert's encoder, checksum verified; damage is reported with its name."""
         card = self.card(name)
-        return load_weights(str(self.folder(name) / "weights"), name=f"expert {name!r}", expected=card["checksum"])
+        return load_weights(str(self.part(name, "weights")), name=f"expert {name!r}", expected=card["checksum"])
 
     # ------------------------------------------------------------------------ writing
     @contextmanager

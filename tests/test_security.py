@@ -137,6 +137,21 @@ def test_a_symlinked_expert_folder_is_never_followed(run, tmp_path, capsys):
     assert not (run / "registry" / "linked").exists() and not (run / "registry" / "linked").is_symlink()
     assert (outside / "card.json").exists()  # the link went, what it pointed at stayed
     assert "linked" not in Registry(run / "registry").names()
+    # A real folder whose card or weights are links to elsewhere: refused too.
+    inner = run / "registry" / "inner"
+    inner.mkdir()
+    (inner / "card.json").symlink_to(outside / "card.json")
+    (inner / "weights").symlink_to(outside / "weights", target_is_directory=True)
+    set_index(run, lambda d: d["experts"].__setitem__("inner", d["experts"]["romance-1"]))
+    rc, _, err = cli(capsys, "expert", "show", "inner", "--run-dir", run)
+    assert rc == 2
+    one_line_error(err, "outside")
+    (inner / "card.json").unlink()
+    (inner / "card.json").write_text(json.dumps({**json.loads((outside / "card.json").read_text()), "name": "inner"}))
+    with pytest.raises(XelmError, match="outside"):
+        Registry(run / "registry").load("inner")
+    Registry(run / "registry").remove("inner")  # the link inside is unlinked, what it pointed at stays
+    assert not inner.exists() and (outside / "weights").is_dir()
 
 
 # ------------------------------------------------------------- 5-6: no network, bounded corpus files

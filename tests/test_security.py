@@ -272,6 +272,18 @@ def test_a_failed_command_removes_its_own_temporaries_only(tmp_path, monkeypatch
     assert not any(p.exists() for p in mine) and all(p.exists() for p in theirs)
 
 
+def test_an_atomic_write_keeps_a_private_files_mode(tmp_path):
+    from xelm.files import write_json
+
+    private = tmp_path / "private.json"
+    private.write_text("{}")
+    private.chmod(0o600)
+    write_json(private, {"a": 1})
+    assert private.stat().st_mode & 0o777 == 0o600 and json.loads(private.read_text()) == {"a": 1}
+    assert write_json(tmp_path / "new.json", {}).stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "private.json"]  # no temporary left
+
+
 def test_a_damaged_checkpoint_is_one_line_and_nothing_prints_after_it(run):
     params = run / "registry" / "germanic-0" / "weights" / "params"
     for f in params.rglob("*"):

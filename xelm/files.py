@@ -31,14 +31,19 @@ def inside(root: str | Path, *names: str) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file
-    or the new one, never half of one; a failed write (full disk) leaves no temporary behind."""
+    or the new one, never half of one; a failed write (full disk) leaves no temporary behind. A
+    new file is 0644, as any a user writes; a replaced one keeps its mode (a private file stays so)."""
     path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -246,6 +246,9 @@ def test_tfidf_space_missing_or_damaged_is_named(tmp_path):
         TfidfSpace.load(tmp_path)
     (tmp_path / "tfidf.json").write_text("{not json")
     (tmp_path / "tfidf.npz").write_bytes(b"junk")
+    with pytest.raises(XelmError, match="TF-IDF space .*tfidf.json is damaged"):
+        TfidfSpace.load(tmp_path)
+    (tmp_path / "tfidf.json").write_text('{"format": 1}')
     with pytest.raises(XelmError, match="damaged TF-IDF space"):
         TfidfSpace.load(tmp_path)
 

@@ -150,10 +150,7 @@ class Registry:
             digest = save_weights(model, str(staging / "weights"))
             card = check_card({**card, "checksum": digest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "format": FORMAT}, staging / "card.json", name)  # readable once written
-            if _is_local(staging):
-                write_json(staging / "card.json", card)
-            else:
-                (staging / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+            write_json(staging / "card.json", card)
             with self._locked():
                 data = self.index()
                 if name in data["experts"]:

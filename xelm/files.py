@@ -32,7 +32,14 @@ def inside(root: str | Path, *names: str) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file
     or the new one, never half of one; a failed write (full disk) leaves no temporary behind. A
-    new file is 0644, as any a user writes; a replaced one keeps its mode (a private file stays so)."""
+    new file is 0644, as any a user writes; a replaced one keeps its mode (a private file stays so).
+    On an object store (``gs://``, ``s3://`` ... through ``etils.epath``) one write is one whole
+    object already, so it is written directly."""
+    if "://" in str(path):
+        from etils import epath
+
+        epath.Path(path).write_text(text)
+        return path
     path = Path(path)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)

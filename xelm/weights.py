@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from pathlib import Path
 
 import jax
@@ -50,11 +49,7 @@ def save_weights(model: Encoder, directory: str | Path) -> str:
     digest = checksum(model)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "params", nnx.to_pure_dict(nnx.state(model, nnx.Param)), force=True)
-    meta = {"model": to_dict(model.cfg), "checksum": digest}
-    if "://" in str(directory):  # an object store writes whole objects
-        (directory / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    else:
-        write_json(Path(directory) / "model.json", meta)
+    write_json(directory / "model.json", {"model": to_dict(model.cfg), "checksum": digest})
     return digest
 
 

@@ -39,6 +39,45 @@ def _activation(name: str):
     return {"gelu": _gelu, "gelu_tanh": _gelu_tanh}[name]
 
 
+def _materialised_transpose(x_2d):
+    """``x.T`` as a real copy on a CPU: XLA folds a bare transpose into the dot that reads it, and
+    XLA:CPU runs a dot whose first operand contracts on its leading axis in Eigen, at half the
+    speed of YNNPACK on the plain layout (benchmarks/README.md). Elsewhere the plain transpose."""
+    return jax.lax.optimization_barrier(x_2d.T) if jax.default_backend() == "cpu" else x_2d.T
+
+
+@jax.custom_vjp
+def _matmul(x_NxD, w_DxF):
+    return x_NxD @ w_DxF
+
+
+def _matmul_fwd(x_NxD, w_DxF):
+    return x_NxD @ w_DxF, (x_NxD, w_DxF)
+
+
+def _matmul_bwd(res, g_NxF):
+    x_NxD, w_DxF = res
+    return g_NxF @ w_DxF.T, _materialised_transpose(x_NxD) @ g_NxF
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def linear_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+    """``nnx.Linear``'s ``dot_general``. On a CPU, a layer at least twice as wide out as in (q/k/v,
+    the MLP's input) takes its weight gradient from :func:`_materialised_transpose` (x) @ dy: the
+    copy of x costs less than the GEMM it speeds up only when the output is wide (the reference
+    train step 1.12x faster; narrower layers too: 0.99x). Everything else: ``lax.dot_general``."""
+    (lhs_c, rhs_c), batch = dimension_numbers
+    if (jax.default_backend() == "cpu" and rhs.ndim == 2 and rhs.shape[1] >= 2 * rhs.shape[0]
+            and lhs_c == (lhs.ndim - 1,) and rhs_c == (0,) and batch == ((), ()) and precision is None
+            and preferred_element_type in (None, lhs.dtype) and lhs.dtype == rhs.dtype
+            and kwargs.get("out_sharding") is None):
+        return _matmul(lhs.reshape(-1, lhs.shape[-1]), rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, **kwargs)
+
+
 def rotary(positions_BxS, head_dim: int, theta: float):
     """(cos, sin) [B, S, 1, H] of the rotary embedding (rotate-half convention, as HF ModernBERT /
     GPT-NeoX), computed once per forward pass and theta: left inside each layer's fused pass,
@@ -137,9 +176,10 @@ def _xent_bwd(res, g):
     onehot_MxV = labels_M[:, None] == jnp.arange(logits_MxV.shape[1])[None, :]
     dlogits_MxV = ((jnp.exp(logits_MxV - lse_M[:, None]) - onehot_MxV) * g[0][:, None]).astype(h_MxD.dtype)
     dh_MxD = jnp.dot(dlogits_MxV, table_VxD, preferred_element_type=jnp.float32).astype(h_MxD.dtype)
-    # h.T @ dlogits, transposed after: XLA:CPU's GEMM takes no transposed operand, and copying the
-    # [D+8, V] product costs less than copying the [M, V] dlogits (the head's backward 10% faster).
-    dtable_1DxV = jnp.dot(_with_ones(h_MxD).T, dlogits_MxV, preferred_element_type=jnp.float32)
+    # h.T @ dlogits with h.T a real copy, the [D+8, V] product transposed after: the small copies
+    # cost less than copying the [M, V] dlogits, or than Eigen's GEMM on the folded transpose.
+    dtable_1DxV = jnp.dot(_materialised_transpose(_with_ones(h_MxD)), dlogits_MxV,
+                          preferred_element_type=jnp.float32)
     d = table_VxD.shape[1]
     return dh_MxD, dtable_1DxV[:d].T.astype(table_VxD.dtype), dtable_1DxV[d], None
 
@@ -170,8 +210,10 @@ class Attention(nnx.Module):
         dt = compute_dtype(cfg)
         self.cfg = cfg
         self.theta = (cfg.rope_theta if cfg.is_global(layer) else cfg.rope_theta_local) if cfg.rope else None
-        self.qkv = nnx.Linear(d, 3 * d, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
-        self.out = nnx.Linear(d, d, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
+        self.qkv = nnx.Linear(d, 3 * d, use_bias=cfg.bias, kernel_init=init, dtype=dt,
+                              dot_general=linear_dot_general, rngs=rngs)
+        self.out = nnx.Linear(d, d, use_bias=cfg.bias, kernel_init=init, dtype=dt,
+                              dot_general=linear_dot_general, rngs=rngs)
 
     def __call__(self, x_BxSxD, mask_Bx1xSxS, rotations: dict, queries_BxQ=None):
         """``rotations``: theta -> :func:`rotary` of the batch's positions (empty without rope).
@@ -197,8 +239,10 @@ class MLP(nnx.Module):
         init, dt = nnx.initializers.normal(cfg.init_std), compute_dtype(cfg)
         width = 2 * cfg.ffn if cfg.gated_mlp else cfg.ffn
         self.gated, self.act = cfg.gated_mlp, _activation(cfg.activation)
-        self.wi = nnx.Linear(cfg.hidden, width, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
-        self.wo = nnx.Linear(cfg.ffn, cfg.hidden, use_bias=cfg.bias, kernel_init=init, dtype=dt, rngs=rngs)
+        self.wi = nnx.Linear(cfg.hidden, width, use_bias=cfg.bias, kernel_init=init, dtype=dt,
+                             dot_general=linear_dot_general, rngs=rngs)
+        self.wo = nnx.Linear(cfg.ffn, cfg.hidden, use_bias=cfg.bias, kernel_init=init, dtype=dt,
+                             dot_general=linear_dot_general, rngs=rngs)
 
     def __call__(self, x_BxSxD):
         h = self.wi(x_BxSxD)
@@ -251,7 +295,7 @@ class Encoder(nnx.Module):
         self.final_norm = _norm(cfg, rngs) if cfg.pre_norm else None
         # MLM head: dense -> act -> norm -> decoder tied to the token embeddings.
         self.head_dense = nnx.Linear(cfg.hidden, cfg.hidden, use_bias=cfg.head_bias or cfg.bias,
-                                     kernel_init=init, dtype=dt, rngs=rngs)
+                                     kernel_init=init, dtype=dt, dot_general=linear_dot_general, rngs=rngs)
         self.head_norm = _norm(cfg, rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,))) if cfg.decoder_bias else None
 

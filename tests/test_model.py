@@ -142,3 +142,32 @@ def test_bad_model_config_is_a_clear_error():
         ModelConfig(arch="gpt")
     with pytest.raises(XelmError, match="heads"):
         ModelConfig(hidden=30, heads=4)
+
+
+def test_custom_gradients_equal_autodiff():
+    """The wide layers' matmul and the fused MLM head carry hand-written backward passes (for
+    XLA:CPU's speed): their gradients are autodiff's of the plain computation."""
+    from xelm.model import linear_dot_general, tied_head_xent
+    rng = np.random.default_rng(0)
+    x, w = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32), jnp.asarray(rng.normal(size=(8, 24)), jnp.float32)
+    dims = (((2,), (0,)), ((), ()))
+    for w_ in (w, w[:, :16], w[:, :4]):  # wide (custom backward), at the threshold, narrow (plain)
+        def loss(dot, x, w):
+            return jnp.sum(jnp.sin(dot(x, w, dims)))
+        got = jax.jit(jax.grad(partial(loss, linear_dot_general), argnums=(0, 1)))(x, w_)
+        want = jax.grad(partial(loss, jax.lax.dot_general), argnums=(0, 1))(x, w_)
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+    h, table = jnp.asarray(rng.normal(size=(6, 8)), jnp.float32), jnp.asarray(rng.normal(size=(50, 8)), jnp.float32)
+    bias, labels = jnp.asarray(rng.normal(size=(50,)), jnp.float32), jnp.asarray(rng.integers(0, 50, 6), jnp.int32)
+
+    def reference(h, table, bias):
+        logp = jax.nn.log_softmax(h @ table.T + bias, -1)
+        return -jnp.take_along_axis(logp, labels[:, None], -1)[:, 0]
+
+    weights = jnp.arange(1.0, 7.0)
+    got = jax.jit(jax.grad(lambda *a: (tied_head_xent(*a, labels)[0] * weights).sum(), argnums=(0, 1, 2)))(h, table, bias)
+    want = jax.grad(lambda *a: (reference(*a) * weights).sum(), argnums=(0, 1, 2))(h, table, bias)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

@@ -1,7 +1,9 @@
 """Each GEMM of the train step alone: ``jax.jit`` against ``torch`` (2 threads on a 2-core CPU), at the
 shapes of the reference step, forward and both gradients, with the operand layouts autodiff
-asks for (``nt``: the second operand transposed, ``tn``: the first). Whether the step's gap to
-PyTorch is in the matmul library or around it depends on the host's CPU: this says which.
+asks for (``nt``: the second operand transposed, ``tn``: the first, ``tc``: the first transposed
+into a copy, as the encoder computes its wide layers' and its head's weight gradients). Whether
+the step's gap to PyTorch is in the matmul library or around it depends on the host's CPU: this
+says which.
 
     python benchmarks/gemm_shapes.py
 """
@@ -15,7 +17,15 @@ import jax
 import numpy as np
 from train_throughput import add_shape_args
 
-LAYOUTS = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambda a, b: a.T @ b}
+
+def copied_transpose(a):
+    """``a.T`` as a real copy (``tc``): what the encoder's weight gradients read on a CPU
+    (``xelm.model._materialised_transpose``); in JAX a bare transpose folds into the dot."""
+    return jax.lax.optimization_barrier(a.T) if isinstance(a, jax.Array) else a.T.contiguous()
+
+
+LAYOUTS = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambda a, b: a.T @ b,
+           "tc": lambda a, b: copied_transpose(a) @ b}
 
 
 def step_gemms(a) -> list[tuple[str, int, int, int, str]]:
@@ -23,9 +33,11 @@ def step_gemms(a) -> list[tuple[str, int, int, int, str]]:
     t, d, f, v = a.batch * a.seq, a.hidden, a.ffn, a.vocab
     m = round(t * a.mask_ratio)
     return [("qkv forward", t, d, 3 * d, "nn"), ("qkv dX", t, 3 * d, d, "nt"), ("qkv dW", d, t, 3 * d, "tn"),
+            ("qkv dW", d, t, 3 * d, "tc"),
             ("GeGLU in forward", t, d, 2 * f, "nn"), ("GeGLU out forward", t, f, d, "nn"),
             ("head forward", m, d + 8, v, "nt"), ("head dh", m, v, d, "nn"),
-            ("head table gradient", d + 8, m, v, "tn"), ("square 2048", 2048, 2048, 2048, "nn")]
+            ("head table gradient", d + 8, m, v, "tn"),
+            ("head table gradient", d + 8, m, v, "tc"), ("square 2048", 2048, 2048, 2048, "nn")]
 
 
 def best_seconds(f, *args, reps: int = 10) -> float:

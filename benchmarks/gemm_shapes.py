@@ -17,11 +17,13 @@ import jax
 import numpy as np
 from train_throughput import add_shape_args
 
+from xelm.model import _materialised_transpose
+
 
 def copied_transpose(a):
-    """``a.T`` as a real copy (``tc``): what the encoder's weight gradients read on a CPU
-    (``xelm.model._materialised_transpose``); in JAX a bare transpose folds into the dot."""
-    return jax.lax.optimization_barrier(a.T) if isinstance(a, jax.Array) else a.T.contiguous()
+    """``a.T`` as a real copy (``tc``): in JAX the encoder's own copy of its weight gradients'
+    operand (a bare transpose folds into the dot), in PyTorch ``.contiguous()``."""
+    return _materialised_transpose(a) if isinstance(a, jax.Array) else a.T.contiguous()
 
 
 LAYOUTS = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambda a, b: a.T @ b,

@@ -207,14 +207,11 @@ def _lookup(embed: nnx.Embed, ids):
 
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
-        d, init = cfg.hidden, nnx.initializers.normal(cfg.init_std)
-        dt = compute_dtype(cfg)
+        d = cfg.hidden
         self.cfg = cfg
         self.theta = (cfg.rope_theta if cfg.is_global(layer) else cfg.rope_theta_local) if cfg.rope else None
-        self.qkv = nnx.Linear(d, 3 * d, use_bias=cfg.bias, kernel_init=init, dtype=dt,
-                              dot_general=linear_dot_general, rngs=rngs)
-        self.out = nnx.Linear(d, d, use_bias=cfg.bias, kernel_init=init, dtype=dt,
-                              dot_general=linear_dot_general, rngs=rngs)
+        self.qkv = _dense(cfg, d, 3 * d, rngs)
+        self.out = _dense(cfg, d, d, rngs)
 
     def __call__(self, x_BxSxD, mask_Bx1xSxS, rotations: dict, queries_BxQ=None):
         """``rotations``: theta -> :func:`rotary` of the batch's positions (empty without rope).
@@ -237,13 +234,10 @@ class MLP(nnx.Module):
     """GeGLU (ModernBERT: act(input) * gate) or a plain GELU MLP (BERT)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        init, dt = nnx.initializers.normal(cfg.init_std), compute_dtype(cfg)
         width = 2 * cfg.ffn if cfg.gated_mlp else cfg.ffn
         self.gated, self.act = cfg.gated_mlp, _activation(cfg.activation)
-        self.wi = nnx.Linear(cfg.hidden, width, use_bias=cfg.bias, kernel_init=init, dtype=dt,
-                             dot_general=linear_dot_general, rngs=rngs)
-        self.wo = nnx.Linear(cfg.ffn, cfg.hidden, use_bias=cfg.bias, kernel_init=init, dtype=dt,
-                             dot_general=linear_dot_general, rngs=rngs)
+        self.wi = _dense(cfg, cfg.hidden, width, rngs)
+        self.wo = _dense(cfg, cfg.ffn, cfg.hidden, rngs)
 
     def __call__(self, x_BxSxD):
         h = self.wi(x_BxSxD)
@@ -251,6 +245,13 @@ class MLP(nnx.Module):
             inp, gate = jnp.split(h, 2, axis=-1)
             return self.wo(self.act(inp) * gate)
         return self.wo(self.act(h))
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, use_bias: bool | None = None) -> nnx.Linear:
+    """Every dense layer of the encoder: its init, compute dtype and :func:`linear_dot_general`."""
+    return nnx.Linear(d_in, d_out, use_bias=cfg.bias if use_bias is None else use_bias,
+                      kernel_init=nnx.initializers.normal(cfg.init_std), dtype=compute_dtype(cfg),
+                      dot_general=linear_dot_general, rngs=rngs)
 
 
 def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -295,8 +296,7 @@ class Encoder(nnx.Module):
         self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.layers)])
         self.final_norm = _norm(cfg, rngs) if cfg.pre_norm else None
         # MLM head: dense -> act -> norm -> decoder tied to the token embeddings.
-        self.head_dense = nnx.Linear(cfg.hidden, cfg.hidden, use_bias=cfg.head_bias or cfg.bias,
-                                     kernel_init=init, dtype=dt, dot_general=linear_dot_general, rngs=rngs)
+        self.head_dense = _dense(cfg, cfg.hidden, cfg.hidden, rngs, use_bias=cfg.head_bias or cfg.bias)
         self.head_norm = _norm(cfg, rngs)
         self.decoder_bias = nnx.Param(jnp.zeros((cfg.vocab_size,))) if cfg.decoder_bias else None
 
